@@ -1,0 +1,126 @@
+"""What every model server shares: the /health shape, the GPU slot limit, settings, error bodies.
+
+A server whose models are missing still starts, reports ``unhealthy`` with the reason, and
+answers its work routes 503, so an orchestrator can see why instead of watching a crash loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from taskfleet.errors import TaskfleetError, Unavailable
+
+
+class ModelServerSettings(BaseSettings):
+    """Settings every model server reads; each server subclasses it with its own fields."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKFLEET_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8100
+    models_dir: str = "./models"
+    gpu_slots: int = 1
+    # ONNX Runtime / torch device preference, first available wins.
+    providers: str = "CUDAExecutionProvider,CPUExecutionProvider"
+
+
+class Health(BaseModel):
+    status: Literal["healthy", "loading", "unhealthy"]
+    message: str = ""
+    model_loaded: bool = False
+    models_directory: str = ""
+    device: str = "cpu"
+    in_flight: int = 0
+    capacity: int = 1
+
+
+class GpuSlots:
+    """Requests queue here for the device instead of oversubscribing it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._sem = asyncio.Semaphore(self.capacity)
+        self.in_flight = 0  # holding a slot
+        self.waiting = 0  # queued for one
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._sem.release()
+
+
+class ModelState:
+    """Load status shared by a server's routes; ``require_ready`` guards every work route."""
+
+    def __init__(self, models_directory: str, capacity: int) -> None:
+        self.status: Literal["healthy", "loading", "unhealthy"] = "loading"
+        self.message = "loading models"
+        self.device = "cpu"
+        self.models_directory = models_directory
+        self.slots = GpuSlots(capacity)
+
+    def ready(self, device: str, message: str = "ready") -> None:
+        self.status, self.device, self.message = "healthy", device, message
+
+    def failed(self, reason: str) -> None:
+        self.status, self.message = "unhealthy", reason
+
+    def require_ready(self) -> None:
+        if self.status != "healthy":
+            raise Unavailable(self.message, code="model_unavailable")
+
+    def health(self) -> Health:
+        return Health(
+            status=self.status,
+            message=self.message,
+            model_loaded=self.status == "healthy",
+            models_directory=self.models_directory,
+            device=self.device,
+            in_flight=self.slots.in_flight + self.slots.waiting,
+            capacity=self.slots.capacity,
+        )
+
+
+def install_common(app: FastAPI, state: ModelState) -> None:
+    """Add /health and the contract's error shape to a model server app."""
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        return state.health()
+
+    @app.exception_handler(TaskfleetError)
+    async def _taskfleet_error(_: Request, exc: TaskfleetError) -> JSONResponse:
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        body = TaskfleetError(
+            "request does not match the schema",
+            code="validation_error",
+            details=exc.errors(),
+        ).to_body()
+        return JSONResponse(jsonable(body), status_code=422)
+
+
+def jsonable(value):  # pydantic error details may hold exceptions or bytes
+    from fastapi.encoders import jsonable_encoder
+
+    return jsonable_encoder(value, custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")})

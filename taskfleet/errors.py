@@ -1,0 +1,92 @@
+"""The error hierarchy every process uses.
+
+Each error carries a stable snake_case ``code`` that reaches HTTP bodies unchanged, the HTTP
+status it maps to, and whether retrying could help -- decided where the error is raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskfleetError(Exception):
+    code = "internal_error"
+    status = 500
+    retryable = False
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retryable: bool | None = None,
+        details: Any = None,
+    ) -> None:
+        super().__init__(message or self.__class__.__name__)
+        self.message = message or self.code.replace("_", " ")
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if retryable is not None:
+            self.retryable = retryable
+        self.details = details
+
+    def to_body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            err["details"] = self.details
+        return {"error": err}
+
+
+class BadRequest(TaskfleetError):
+    code, status = "bad_request", 400
+
+
+class Unauthorized(TaskfleetError):
+    code, status = "unauthorized", 401
+
+
+class Forbidden(TaskfleetError):
+    code, status = "forbidden", 403
+
+
+class NotFound(TaskfleetError):
+    code, status = "not_found", 404
+
+
+class Conflict(TaskfleetError):
+    code, status = "conflict", 409
+
+
+class LeaseLost(Conflict):
+    """The caller's lease is no longer the task's current lease: the write was fenced off."""
+
+    code = "lease_lost"
+
+
+class PayloadTooLarge(TaskfleetError):
+    code, status = "payload_too_large", 413
+
+
+class InvalidInput(TaskfleetError):
+    """Input that can never succeed: retrying the same task is pointless."""
+
+    code, status = "invalid_input", 422
+
+
+class Unavailable(TaskfleetError):
+    """A dependency is down or full; the same call may succeed later."""
+
+    code, status, retryable = "unavailable", 503, True
+
+
+class UrlRefused(TaskfleetError):
+    """A URL the system was asked to fetch fails the input-safety rules (CONTRACT §5)."""
+
+    code, status = "url_refused", 422
+
+
+class ConfigError(TaskfleetError):
+    code = "config_error"
