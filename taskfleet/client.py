@@ -1,0 +1,217 @@
+"""Async clients for the task API, built on httpx: one for producers, one for consumers.
+
+Retries live at the transport: a request that never reached the API (connection refused or
+timed out while connecting) is resent; anything that may have reached it is not, because the
+API's fencing would turn a blind resend of ``complete`` into a confusing ``lease_lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from typing import Any, Iterable
+
+import httpx
+from httpx_retries import Retry, RetryTransport
+
+from taskfleet import errors
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+_BY_STATUS: dict[int, type[errors.TaskfleetError]] = {
+    400: errors.BadRequest,
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.PayloadTooLarge,
+    422: errors.InvalidInput,
+    503: errors.Unavailable,
+}
+
+
+def connect_retry_transport(transport: httpx.AsyncBaseTransport | None = None) -> RetryTransport:
+    retry = Retry(
+        total=5,
+        backoff_factor=0.2,
+        allowed_methods=["GET", "POST", "PUT", "DELETE"],
+        status_forcelist=[],
+        retry_on_exceptions=[httpx.ConnectError, httpx.ConnectTimeout],
+    )
+    return RetryTransport(transport=transport or httpx.AsyncHTTPTransport(), retry=retry)
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        err = response.json()["error"]
+        code, message = err["code"], err.get("message", "")
+    except (ValueError, KeyError, TypeError):
+        code, message = f"http_{response.status_code}", response.text[:500]
+    cls = errors.LeaseLost if code == "lease_lost" else _BY_STATUS.get(response.status_code, errors.TaskfleetError)
+    raise cls(message, code=code, status=response.status_code, retryable=response.status_code >= 500)
+
+
+class _Base:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            transport=connect_retry_transport(transport),
+            trust_env=False,
+        )
+
+    async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response = await self._http.request(method, url, **kwargs)
+        raise_for_error(response)
+        return response
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class ProducerClient(_Base):
+    async def submit(
+        self,
+        workflow: str,
+        input: Any,
+        *,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        webhook_url: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"workflow": workflow, "input": input}
+        optional = {
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "timeout_s": timeout_s,
+            "webhook_url": webhook_url,
+            "metadata": metadata,
+            "idempotency_key": idempotency_key,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return (await self._call("POST", "/api/tasks", json=body)).json()
+
+    async def get(self, task_id: str) -> dict[str, Any]:
+        return (await self._call("GET", f"/api/tasks/{task_id}")).json()
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        params = {k: v for k, v in {"status": status, "workflow": workflow, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return (await self._call("GET", "/api/tasks", params=params)).json()
+
+    async def cancel(self, task_id: str) -> dict[str, Any]:
+        return (await self._call("POST", f"/api/tasks/{task_id}/cancel")).json()
+
+    async def retry(self, task_id: str) -> dict[str, Any]:
+        return (await self._call("POST", f"/api/tasks/{task_id}/retry")).json()
+
+    async def wait(self, task_id: str, *, timeout: float | None = None, poll_s: float = 0.25) -> dict[str, Any]:
+        """Poll until the task is terminal; raises TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            task = await self.get(task_id)
+            if task["status"] in TERMINAL:
+                return task
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {task_id} still {task['status']} after {timeout}s")
+            await asyncio.sleep(poll_s)
+
+    async def process(self, route: str, body: dict[str, Any], *, wait_s: float = 120.0) -> httpx.Response:
+        """The synchronous route; returns the raw response (200 result, 202 pending, 422/502 failure)."""
+        return await self._http.post(
+            f"/api/{route}/process", params={"wait_s": wait_s}, json=body, timeout=wait_s + 30
+        )
+
+    async def upload(self, path: str, content_type: str = "application/octet-stream") -> str:
+        with open(path, "rb") as fh:
+            files = {"file": (path.rsplit("/", 1)[-1], fh, content_type)}
+            return (await self._call("POST", "/api/files", files=files)).json()["url"]
+
+
+class ConsumerClient(_Base):
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        consumer_id: str | None = None,
+        host: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, token, timeout=timeout, transport=transport)
+        self.consumer_id = consumer_id or f"csm_{uuid.uuid4().hex[:12]}"
+        self.host = host or socket.gethostname()
+
+    async def fetch(
+        self, workflows: Iterable[str] | None = None, *, limit: int = 1, wait_s: float = 20.0
+    ) -> list[dict[str, Any]]:
+        params: list[tuple[str, Any]] = [(("workflow"), w) for w in (workflows or ())]
+        params += [("consumer_id", self.consumer_id), ("host", self.host), ("limit", limit), ("wait_s", wait_s)]
+        response = await self._call(
+            "GET", "/api/comm/task/fetch", params=params, timeout=wait_s + self._http.timeout.read
+        )
+        if response.status_code == 204:
+            return []
+        return response.json()["tasks"]
+
+    async def heartbeat(
+        self, task_id: str, lease_id: str, progress: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"lease_id": lease_id}
+        if progress is not None:
+            body["progress"] = progress
+        return (await self._call("POST", f"/api/comm/task/{task_id}/heartbeat", json=body)).json()
+
+    async def complete(self, task_id: str, lease_id: str, output: Any) -> dict[str, Any]:
+        body = {"lease_id": lease_id, "output": output}
+        return (await self._call("POST", f"/api/comm/task/{task_id}/complete", json=body)).json()
+
+    async def fail(
+        self,
+        task_id: str,
+        lease_id: str,
+        code: str,
+        message: str,
+        retryable: bool,
+        retry_after_s: float | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "lease_id": lease_id,
+            "error": {"code": code, "message": message},
+            "retryable": retryable,
+        }
+        if retry_after_s is not None:
+            body["retry_after_s"] = retry_after_s
+        return (await self._call("POST", f"/api/comm/task/{task_id}/fail", json=body)).json()
+
+    async def release(self, task_id: str, lease_id: str) -> dict[str, Any]:
+        return (await self._call("POST", f"/api/comm/task/{task_id}/release", json={"lease_id": lease_id})).json()
