@@ -1,0 +1,34 @@
+"""TTS model server: text to speech with sentence timings and SRT subtitles.
+
+Engines (``TASKFLEET_TTS_ENGINE``): ``espeak`` (default; the espeak-ng binary, no model files) and
+``piper`` (neural ONNX voices ``NAME.onnx`` + ``NAME.onnx.json`` in ``TASKFLEET_VOICES_DIR``; CUDA
+when ONNX Runtime has it). Neither clones voices: a request with reference audio gets
+``422 voice_cloning_unsupported``. Missing voices or binary: the server starts, ``/health`` says
+``unhealthy`` with the reason, and ``/tts`` and ``/voices`` answer ``503 model_unavailable``.
+
+``POST /tts`` takes JSON ``{"text", "language"?, "voice"?, "speed"? (0.5-2.0), "format"? ("wav" |
+"mp3")}``, or the same as form fields with an optional ``reference_audio`` file. Text is split by
+sentence, each sentence synthesized in order, trimmed, levelled to the same loudness, and joined
+with a pause. Empty text, text over ``TASKFLEET_TTS_MAX_CHARS``, an unknown voice or a bad field
+-> ``422`` with a code.
+
+The response is ``multipart/form-data`` with two parts, in order:
+
+- ``metadata`` (``application/json``): ``engine``, ``voice``, ``language``, ``format``,
+  ``content_type``, ``sample_rate``, ``duration_s``, ``size_bytes``, ``sentences`` (``[{"index",
+  "text", "start_s", "end_s"}]``, the speech of each sentence) and ``srt`` (subtitles whose cues
+  tile the audio from 0 to ``duration_s``);
+- ``audio`` (``audio/wav`` 16-bit mono, or ``audio/mpeg``), streamed from disk.
+
+``model_servers.tts.wire.read_tts_response`` parses it as it streams (the audio part straight to
+a file). A caller that wants only the sound sends ``Accept: audio/wav`` (or any ``audio/*``) and
+gets the audio alone, with ``X-Duration-S`` and ``X-Sample-Rate`` headers.
+
+``GET /voices``: ``{"engine", "default_voice", "voices": [{"name", "language", "sample_rate",
+"engine", "clones_voice", "speakers"}]}``.
+"""
+
+from model_servers.tts.app import create_app
+from model_servers.tts.settings import TtsSettings
+
+__all__ = ["TtsSettings", "create_app"]
