@@ -1,0 +1,1 @@
+"""The central task API: a durable queue with leases, producer and consumer routes, on SQLite or Postgres."""

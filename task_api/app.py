@@ -1,0 +1,155 @@
+"""The task API application factory: wiring, error shape, body limits, background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from task_api.auth import Authenticator
+from task_api.bodylimit import BodyLimitMiddleware
+from task_api.db import open_database
+from task_api.housekeeping import purge_forever, reap_forever
+from task_api.metrics import ApiMetrics
+from task_api.queue import Queue
+from task_api.routes_consumer import consumer_router
+from task_api.routes_ops import ops_router
+from task_api.routes_producer import producer_router
+from task_api.services import Services
+from task_api.settings import ApiSettings, split_csv
+from task_api.wakeup import Dispatcher
+from task_api.webhooks import WebhookSender
+from taskfleet.errors import TaskfleetError
+from taskfleet.urlguard import UrlGuard
+from taskfleet.workflows import WorkflowRegistry
+
+log = logging.getLogger("taskfleet.api")
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if details is not None:
+        body["error"]["details"] = details
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(jsonable_encoder(body, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}), status_code=status, headers=headers)
+
+
+def open_storage_for(settings: ApiSettings) -> Any:
+    from storage import open_storage  # the storage package; its cloud SDKs load lazily
+
+    return open_storage(settings.storage_url, public_base_url=settings.base_url)
+
+
+def create_app(
+    settings: ApiSettings | None = None,
+    *,
+    workflows: WorkflowRegistry | None = None,
+    storage: Any = None,
+) -> FastAPI:
+    settings = settings or ApiSettings()
+    auth = Authenticator(settings.token_sets, host=settings.host)
+    db = open_database(settings.database_url)
+    dispatcher = Dispatcher()
+    metrics = ApiMetrics()
+    guard = UrlGuard.from_setting(split_csv(settings.url_allowlist))
+    queue = Queue(
+        db,
+        dispatcher,
+        lease_s=settings.lease_s,
+        backoff_base_s=settings.backoff_base_s,
+        backoff_max_s=settings.backoff_max_s,
+        on_finished=metrics.observe_finished,
+    )
+    webhooks = WebhookSender(
+        queue,
+        secret=settings.webhook_secret,
+        retry_delays=settings.webhook_delays,
+        guard=guard,
+        timeout_s=settings.webhook_timeout_s,
+    )
+    queue._on_webhook = webhooks.poke
+    svc = Services(
+        settings=settings,
+        queue=queue,
+        auth=auth,
+        workflows=workflows or WorkflowRegistry.from_entry_points(),
+        metrics=metrics,
+        url_guard=guard,
+        webhooks=webhooks,
+        storage=storage if storage is not None else open_storage_for(settings),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await db.connect()
+        await db.listen(dispatcher.on_notify)
+        loops = [
+            asyncio.create_task(reap_forever(queue, metrics, settings.reap_interval_s)),
+            asyncio.create_task(
+                purge_forever(queue, settings.retention_days * 86400, settings.retention_interval_s)
+            ),
+            asyncio.create_task(webhooks.run()),
+        ]
+        log.info("task API ready on %s (database: %s)", settings.base_url, db.dialect)
+        try:
+            yield
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await webhooks.aclose()
+            await db.close()
+
+    app = FastAPI(title="taskfleet task API", version="0.1.0", lifespan=lifespan)
+    app.state.services = svc
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=int(settings.max_body_mb * 1024 * 1024),
+        limits={"/api/files": int(settings.max_input_mb * 1024 * 1024) + 64 * 1024},
+    )
+
+    @app.exception_handler(TaskfleetError)
+    async def _taskfleet_error(_: Request, exc: TaskfleetError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "invalid_json", "request body is not valid JSON")
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+        return error_response(422, "validation_error", "request does not match the schema", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error")
+
+    app.include_router(ops_router(svc))
+    app.include_router(producer_router(svc))
+    app.include_router(consumer_router(svc))
+    return app

@@ -1,0 +1,41 @@
+"""The API's own timers: lease expiry and timeouts, the fallback wake-up check, retention.
+
+No external scheduler is needed; with several replicas each runs these, and the statements
+are written so that running them twice at once does no harm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from task_api.metrics import ApiMetrics
+from task_api.queue import Queue
+
+log = logging.getLogger("taskfleet.api.housekeeping")
+
+
+async def reap_forever(queue: Queue, metrics: ApiMetrics, interval_s: float) -> None:
+    while True:
+        try:
+            for row in await queue.expire():
+                outcome = "timed_out" if '"timed_out"' in (row.get("error") or "") else "lease_expired"
+                metrics.attempts.labels(row["workflow"], outcome).inc()
+            if queue.dispatcher.waiting:
+                # Catches what no signal announced: a backoff that ended, a lost NOTIFY.
+                for workflow in await queue.ready_workflows():
+                    queue.dispatcher.pending(workflow)
+        except Exception:
+            log.exception("reaper pass failed")
+        await asyncio.sleep(interval_s)
+
+
+async def purge_forever(queue: Queue, retention_s: float, interval_s: float) -> None:
+    while True:
+        try:
+            removed = await queue.purge_finished(retention_s)
+            if removed:
+                log.info("retention removed %d finished tasks", removed)
+        except Exception:
+            log.exception("retention pass failed")
+        await asyncio.sleep(interval_s)

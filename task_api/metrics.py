@@ -1,0 +1,44 @@
+"""Prometheus metrics of the task API, on a registry per app (tests build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from task_api.queue import Queue
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.tasks = Gauge("taskfleet_tasks", "Tasks by workflow and status", ["workflow", "status"], registry=self.registry)
+        self.queue_depth = Gauge("taskfleet_queue_depth", "PENDING tasks", registry=self.registry)
+        self.oldest_pending = Gauge(
+            "taskfleet_oldest_pending_age_seconds", "Age of the oldest PENDING task", registry=self.registry
+        )
+        self.attempts = Counter(
+            "taskfleet_attempts", "Leases ended, by outcome", ["workflow", "outcome"], registry=self.registry
+        )
+        self.duration = Histogram(
+            "taskfleet_task_duration_seconds",
+            "Time from lease to finish of finished attempts",
+            ["workflow", "status"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=self.registry,
+        )
+        self.created = Counter("taskfleet_tasks_created", "Tasks accepted", ["workflow"], registry=self.registry)
+
+    def observe_finished(self, row: dict) -> None:
+        if row.get("started_at") and row.get("finished_at"):
+            self.duration.labels(row["workflow"], row["status"]).observe(max(0.0, row["finished_at"] - row["started_at"]))
+
+    async def render(self, queue: Queue) -> bytes:
+        stats = await queue.stats()
+        self.tasks.clear()
+        depth = 0
+        for workflow, status, n in stats["counts"]:
+            self.tasks.labels(workflow, status).set(n)
+            if status == "PENDING":
+                depth += n
+        self.queue_depth.set(depth)
+        self.oldest_pending.set(stats["oldest_pending_age_s"])
+        return generate_latest(self.registry)

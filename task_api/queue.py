@@ -1,0 +1,438 @@
+"""The queue: every task operation, on either backend, through one manager.
+
+The statements live in ``sql.py``; this module decides which to run, turns rows into the
+task JSON of the contract, computes retry backoff, and signals waiting fetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+from task_api import sql
+from task_api.db import PostgresDB, Row, SqliteDB
+from task_api.wakeup import Dispatcher
+from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+SYNC_PRIORITY = 1_000_000  # /process runs before anything a producer can ask for
+JSON_COLUMNS = ("input", "output", "error", "progress", "metadata")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def task_json(row: Row) -> dict[str, Any]:
+    """A row as the contract's task object."""
+    return {
+        "task_id": row["id"],
+        "workflow": row["workflow"],
+        "status": row["status"],
+        "input": json.loads(row["input"]),
+        "output": json.loads(row["output"]) if row["output"] is not None else None,
+        "error": json.loads(row["error"]) if row["error"] is not None else None,
+        "progress": json.loads(row["progress"]),
+        "priority": row["priority"],
+        "attempts": row["attempts"],
+        "max_attempts": row["max_attempts"],
+        "timeout_s": row["timeout_s"],
+        "webhook_url": row["webhook_url"],
+        "metadata": json.loads(row["metadata"]),
+        "consumer_id": row["consumer_id"],
+        "cancel_requested": bool(row["cancel_requested"]),
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+    }
+
+
+def attempt_json(row: Row) -> dict[str, Any]:
+    return {
+        "lease_id": row["lease_id"],
+        "consumer_id": row["consumer_id"],
+        "host": row["host"],
+        "started_at": iso(row["started_at"]),
+        "ended_at": iso(row["ended_at"]),
+        "outcome": row["outcome"],
+        "error": json.loads(row["error"]) if row["error"] else None,
+    }
+
+
+def backoff_s(attempts_done: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff with full jitter in its upper half: base·2ⁿ, capped, × U(0.5, 1)."""
+    ceiling = min(max_s, base_s * (2 ** max(0, attempts_done - 1)))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+class Queue:
+    def __init__(
+        self,
+        db: SqliteDB | PostgresDB,
+        dispatcher: Dispatcher,
+        *,
+        lease_s: float = 60.0,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 300.0,
+        on_finished: Callable[[Row], None] | None = None,
+        on_webhook: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.dispatcher = dispatcher
+        self.lease_s = lease_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._sqlite = db.dialect == "sqlite"
+        self._on_finished = on_finished or (lambda row: None)
+        self._on_webhook = on_webhook or (lambda: None)
+
+    # -- signals ------------------------------------------------------------------------------
+    # On Postgres the triggers NOTIFY every replica (this one included); SQLite has only us.
+    def _signal_pending(self, workflow: str, count: int = 1) -> None:
+        if self._sqlite:
+            self.dispatcher.pending(workflow, count)
+
+    def _signal_finished(self, row: Row) -> None:
+        if self._sqlite:
+            self.dispatcher.finished(row["id"])
+        self._on_finished(row)
+        if row.get("webhook_url"):
+            self._on_webhook()
+
+    def _signal_later(self, workflow: str, delay_s: float) -> None:
+        # Backoff ends with no row change to NOTIFY about: wake our own waiters then (other
+        # replicas pick it up on their periodic ready-check).
+        asyncio.get_running_loop().call_later(max(0.0, delay_s), self.dispatcher.pending, workflow, 1)
+
+    # -- producer side ----------------------------------------------------------------------
+    async def create(
+        self,
+        *,
+        workflow: str,
+        input: dict[str, Any],
+        priority: int,
+        max_attempts: int,
+        timeout_s: float,
+        webhook_url: str | None,
+        metadata: dict[str, Any],
+        idempotency_key: str | None,
+        body_hash: str | None,
+        notify_done: bool = False,
+    ) -> tuple[Row, bool]:
+        """Insert a task; returns (row, created). A repeated key returns the first task."""
+        params = {
+            "id": f"tsk_{uuid.uuid4().hex}",
+            "workflow": workflow,
+            "input": dumps(input),
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "timeout_s": float(timeout_s),
+            "webhook_url": webhook_url,
+            "metadata": dumps(metadata),
+            "idempotency_key": idempotency_key,
+            "request_hash": body_hash,
+            "notify_done": int(notify_done),
+            "now": time.time(),
+        }
+        if self._sqlite:
+            async with self.db.transaction() as tx:
+                row = await tx.fetchrow(sql.INSERT_TASK, params)
+        else:
+            row = await self.db.fetchrow(sql.INSERT_TASK, params)
+        if row is not None:
+            self._signal_pending(workflow)
+            return row, True
+        existing = await self.db.fetchrow(sql.SELECT_BY_IDEMPOTENCY_KEY, {"key": idempotency_key})
+        if existing is None:  # the first task was purged by retention between the two reads
+            raise Conflict("idempotency key was used by a task that no longer exists", code="idempotency_conflict")
+        if existing["request_hash"] != body_hash:
+            raise Conflict(
+                "idempotency key already used with a different request", code="idempotency_conflict"
+            )
+        return existing, False
+
+    async def get(self, task_id: str) -> Row:
+        row = await self.db.fetchrow(sql.SELECT_TASK, {"id": task_id})
+        if row is None:
+            raise NotFound(f"no task {task_id!r}")
+        return row
+
+    async def history(self, task_id: str) -> list[dict[str, Any]]:
+        return [attempt_json(r) for r in await self.db.fetch(sql.SELECT_ATTEMPTS, {"id": task_id})]
+
+    async def list(
+        self, *, status: str | None, workflow: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Row], str | None]:
+        try:
+            after = int(cursor) if cursor else None
+        except ValueError:
+            raise BadRequest("cursor is not one this API issued", code="invalid_cursor") from None
+        query = sql.LIST_TASKS_SQLITE if self._sqlite else sql.LIST_TASKS_POSTGRES
+        rows = await self.db.fetch(
+            query, {"status": status, "workflow": workflow, "cursor": after, "limit": limit + 1}
+        )
+        next_cursor = str(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        return rows[:limit], next_cursor
+
+    async def cancel(self, task_id: str) -> Row:
+        params = {"id": task_id, "now": time.time()}
+        if self._sqlite:
+            async with self.db.transaction() as tx:
+                row = await tx.fetchrow(sql.CANCEL_SQLITE, params)
+                if row is not None and row["status"] == "CANCELLED":
+                    await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
+        else:
+            row = await self.db.fetchrow(sql.CANCEL_POSTGRES, params)
+        if row is None:
+            current = await self.get(task_id)
+            raise Conflict(f"task is {current['status']} and cannot be cancelled", code="invalid_state")
+        if row["status"] == "CANCELLED":
+            self._signal_finished(row)
+        return row
+
+    async def retry(self, task_id: str) -> Row:
+        row = await self.db.fetchrow(sql.RETRY, {"id": task_id, "now": time.time()})
+        if row is None:
+            current = await self.get(task_id)
+            raise Conflict(f"task is {current['status']}; only FAILED or CANCELLED tasks can be retried", code="invalid_state")
+        self._signal_pending(row["workflow"])
+        return row
+
+    # -- consumer side -------------------------------------------------------------------------
+    async def claim(
+        self, workflows: Iterable[str] | None, *, consumer_id: str, host: str | None, limit: int
+    ) -> list[Row]:
+        names = sorted(set(workflows or ()))
+        now = time.time()
+        params = {
+            "now": now,
+            "lease_s": self.lease_s,
+            "consumer_id": consumer_id,
+            "host": host,
+            "limit": limit,
+            "any_workflow": not names,
+        }
+        if self._sqlite:
+            params["workflows"] = dumps(names)
+            async with self.db.transaction() as tx:
+                rows = await tx.fetch(sql.CLAIM_SQLITE, params)
+                await tx.executemany(
+                    sql.INSERT_ATTEMPT_SQLITE,
+                    ({"lease_id": r["lease_id"], "task_id": r["id"], "consumer_id": consumer_id, "host": host, "now": now} for r in rows),
+                )
+            rows.sort(key=lambda r: (-r["priority"], r["seq"]))
+            return rows
+        params["workflows"] = names
+        return await self.db.fetch(sql.CLAIM_POSTGRES, params)
+
+    async def fetch(
+        self,
+        workflows: Iterable[str] | None,
+        *,
+        consumer_id: str,
+        host: str | None,
+        limit: int,
+        wait_s: float,
+        gone: Callable[[], Any] | None = None,
+    ) -> list[Row]:
+        """Claim up to ``limit`` tasks, waiting up to ``wait_s`` for some to appear."""
+        names = frozenset(workflows or ()) or None
+        deadline = time.monotonic() + wait_s
+        while True:
+            waiter = self.dispatcher.register(names)
+            try:
+                rows = await self.claim(names, consumer_id=consumer_id, host=host, limit=limit)
+                if rows:
+                    if waiter.event.is_set() or len(rows) == limit:
+                        # We consumed a wake meant for someone, or there may be more: pass it on.
+                        self.dispatcher.pending(rows[-1]["workflow"])
+                    return rows
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                try:
+                    await asyncio.wait_for(waiter.event.wait(), remaining)
+                except asyncio.TimeoutError:
+                    return []
+                if gone is not None and await gone():
+                    return []
+            finally:
+                self.dispatcher.unregister(waiter)
+
+    async def _fenced_miss(self, task_id: str) -> LeaseLost:
+        row = await self.db.fetchrow(sql.SELECT_TASK, {"id": task_id})
+        if row is None:
+            raise NotFound(f"no task {task_id!r}")
+        return LeaseLost(f"lease is no longer current for task {task_id} (task is {row['status']})")
+
+    async def heartbeat(self, task_id: str, lease_id: str, progress: dict[str, Any] | None) -> dict[str, Any]:
+        now = time.time()
+        params = {
+            "id": task_id,
+            "lease_id": lease_id,
+            "now": now,
+            "lease_s": self.lease_s,
+            "progress": dumps(progress) if progress is not None else None,
+        }
+        row = await self.db.fetchrow(sql.HEARTBEAT, params)
+        if row is None:
+            raise await self._fenced_miss(task_id)
+        if row["cancel_requested"]:
+            # The holder learns of the cancel now, and the task ends CANCELLED: its lease is
+            # over, so whatever the holder writes afterwards is fenced off.
+            await self._finish(
+                task_id, lease_id, outcome="cancelled", status="CANCELLED",
+                output=None, error={"code": "cancelled", "message": "cancelled while running"},
+            )
+            return {"lease_expires_at": iso(now), "cancel_requested": True, "workflow": row["workflow"]}
+        return {"lease_expires_at": iso(row["lease_expires_at"]), "cancel_requested": False, "workflow": row["workflow"]}
+
+    async def _finish(
+        self,
+        task_id: str,
+        lease_id: str,
+        *,
+        outcome: str,
+        status: str,
+        output: Any,
+        error: dict[str, Any] | None,
+        retryable: bool = False,
+        not_before: float | None = None,
+    ) -> Row:
+        now = time.time()
+        params = {
+            "id": task_id,
+            "lease_id": lease_id,
+            "now": now,
+            "outcome": outcome,
+            "status": status,
+            "output": dumps(output) if output is not None else None,
+            "error": dumps(error) if error is not None else None,
+            "retryable": retryable,
+            "not_before": not_before if not_before is not None else now,
+        }
+        if self._sqlite:
+            params["retryable"] = int(retryable)
+            async with self.db.transaction() as tx:
+                row = await tx.fetchrow(sql.FINISH_SQLITE, params)
+                if row is not None:
+                    await tx.execute(sql.SET_FINISHED_AT_SQLITE, params)
+                    await tx.execute(sql.END_ATTEMPT_SQLITE, params)
+                    await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
+                    row = await tx.fetchrow(sql.SELECT_TASK, params)
+        else:
+            row = await self.db.fetchrow(sql.FINISH_POSTGRES, params)
+        if row is None:
+            raise await self._fenced_miss(task_id)
+        if row["status"] in TERMINAL:
+            self._signal_finished(row)
+        elif row["status"] == "PENDING":
+            self._signal_later(row["workflow"], params["not_before"] - now)
+        return row
+
+    async def complete(self, task_id: str, lease_id: str, output: Any) -> Row:
+        return await self._finish(task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None)
+
+    async def fail(
+        self,
+        task_id: str,
+        lease_id: str,
+        *,
+        error: dict[str, Any],
+        retryable: bool,
+        retry_after_s: float | None,
+    ) -> Row:
+        not_before = None
+        if retryable:
+            current = await self.db.fetchrow(sql.SELECT_TASK, {"id": task_id})
+            done = (current["attempts"] if current else 0) + 1
+            delay = retry_after_s if retry_after_s is not None else backoff_s(done, self.backoff_base_s, self.backoff_max_s)
+            not_before = time.time() + delay
+        return await self._finish(
+            task_id, lease_id, outcome="failed", status="FAILED", output=None, error=error,
+            retryable=retryable, not_before=not_before,
+        )
+
+    async def release(self, task_id: str, lease_id: str) -> Row:
+        params = {"id": task_id, "lease_id": lease_id, "now": time.time(), "outcome": "released", "error": None}
+        if self._sqlite:
+            async with self.db.transaction() as tx:
+                row = await tx.fetchrow(sql.RELEASE_SQLITE, params)
+                if row is not None:
+                    await tx.execute(sql.END_ATTEMPT_SQLITE, params)
+                    await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
+        else:
+            row = await self.db.fetchrow(sql.RELEASE_POSTGRES, params)
+        if row is None:
+            raise await self._fenced_miss(task_id)
+        if row["status"] == "PENDING":
+            self._signal_pending(row["workflow"])
+        else:
+            self._signal_finished(row)
+        return row
+
+    # -- housekeeping -----------------------------------------------------------------------
+    async def expire(self) -> list[Row]:
+        """End every lease past its expiry or its attempt's timeout; returns the moved tasks."""
+        now = time.time()
+        if self._sqlite:
+            moved: list[Row] = []
+            async with self.db.transaction() as tx:
+                for due in await tx.fetch(sql.SELECT_EXPIRED_SQLITE, {"now": now}):
+                    params = {"id": due["id"], "lease_id": due["lease_id"], "now": now}
+                    row = await tx.fetchrow(sql.EXPIRE_ONE_SQLITE, params)
+                    if row is None:
+                        continue
+                    params.update(outcome=due["outcome"], error=row["error"])
+                    await tx.execute(sql.END_ATTEMPT_SQLITE, params)
+                    await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
+                    moved.append(row)
+        else:
+            moved = await self.db.fetch(sql.EXPIRE_POSTGRES, {"now": now})
+        for row in moved:
+            if row["status"] == "PENDING":
+                self._signal_pending(row["workflow"])
+            else:
+                full = await self.db.fetchrow(sql.SELECT_TASK, {"id": row["id"]})
+                if full is not None:
+                    self._signal_finished(full)
+        return moved
+
+    async def ready_workflows(self) -> list[str]:
+        return [r["workflow"] for r in await self.db.fetch(sql.READY_WORKFLOWS, {"now": time.time()})]
+
+    async def purge_finished(self, older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        total = 0
+        while True:
+            n = await self.db.execute(sql.PURGE_FINISHED, {"cutoff": cutoff})
+            total += n
+            if n < 1000:
+                return total
+            await asyncio.sleep(0)  # let requests through between batches
+
+    async def stats(self) -> dict[str, Any]:
+        counts = await self.db.fetch(sql.COUNT_BY_WORKFLOW_STATUS)
+        oldest = await self.db.fetchval(sql.OLDEST_PENDING)
+        return {
+            "counts": [(r["workflow"], r["status"], r["n"]) for r in counts],
+            "oldest_pending_age_s": (time.time() - oldest) if oldest else 0.0,
+        }

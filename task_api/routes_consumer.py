@@ -1,0 +1,102 @@
+"""Consumer routes (the seed's /api/comm namespace): long-poll fetch, heartbeat, complete, fail, release.
+
+Every write is fenced on the caller's lease: a stale lease gets 409 lease_lost and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from task_api.queue import Queue, iso, task_json
+from task_api.routes_producer import ERRORS
+from task_api.schemas import (
+    CompleteRequest,
+    FailRequest,
+    FetchResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    LeaseRequest,
+    StatusResponse,
+)
+from task_api.services import Services
+
+
+def status_body(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "task_id": row["id"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "error": task_json(row)["error"],
+    }
+
+
+def consumer_router(svc: Services) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(svc.auth.require("consumer"))], responses=ERRORS)
+    queue: Queue = svc.queue
+    attempts = svc.metrics.attempts
+
+    @router.get(
+        "/api/comm/task/fetch",
+        response_model=FetchResponse,
+        responses={204: {"description": "no task within wait_s"}},
+    )
+    async def fetch(
+        request: Request,
+        workflow: list[str] = Query(default=[], max_length=50),
+        consumer_id: str = Query("anonymous", min_length=1, max_length=200),
+        host: Optional[str] = Query(None, max_length=255),
+        limit: int = Query(1, ge=1, le=100),
+        wait_s: float = Query(20.0, ge=0, le=svc.settings.max_wait_s),
+    ) -> Response:
+        for name in workflow:
+            svc.workflows.get(name)  # an unknown workflow is a 422, not an endless empty wait
+        rows = await queue.fetch(
+            workflow,
+            consumer_id=consumer_id,
+            host=host or (request.client.host if request.client else None),
+            limit=limit,
+            wait_s=wait_s,
+            gone=request.is_disconnected,
+        )
+        if not rows:
+            return Response(status_code=204)
+        tasks = [
+            {**task_json(r), "lease": {"id": r["lease_id"], "expires_at": iso(r["lease_expires_at"])}}
+            for r in rows
+        ]
+        return JSONResponse({"tasks": tasks})
+
+    @router.post("/api/comm/task/{task_id}/heartbeat", response_model=HeartbeatResponse)
+    async def heartbeat(task_id: str, body: HeartbeatRequest) -> dict[str, Any]:
+        progress = body.progress.model_dump() if body.progress is not None else None
+        result = await queue.heartbeat(task_id, body.lease_id, progress)
+        workflow = result.pop("workflow")
+        if result["cancel_requested"]:
+            attempts.labels(workflow, "cancelled").inc()
+        return result
+
+    @router.post("/api/comm/task/{task_id}/complete", response_model=StatusResponse)
+    async def complete(task_id: str, body: CompleteRequest) -> dict[str, Any]:
+        row = await queue.complete(task_id, body.lease_id, body.output)
+        attempts.labels(row["workflow"], "completed").inc()
+        return status_body(row)
+
+    @router.post("/api/comm/task/{task_id}/fail", response_model=StatusResponse)
+    async def fail(task_id: str, body: FailRequest) -> dict[str, Any]:
+        error = {**body.error.model_dump(), "retryable": body.retryable}
+        row = await queue.fail(
+            task_id, body.lease_id, error=error, retryable=body.retryable, retry_after_s=body.retry_after_s
+        )
+        attempts.labels(row["workflow"], "failed").inc()
+        return status_body(row)
+
+    @router.post("/api/comm/task/{task_id}/release", response_model=StatusResponse)
+    async def release(task_id: str, body: LeaseRequest) -> dict[str, Any]:
+        row = await queue.release(task_id, body.lease_id)
+        attempts.labels(row["workflow"], "released").inc()
+        return status_body(row)
+
+    return router

@@ -1,0 +1,164 @@
+"""Producer routes: create, read, list, cancel, retry tasks; seed-style aliases; /process; files."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any, Optional
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+from task_api.queue import SYNC_PRIORITY, Queue, request_hash, task_json
+from task_api.schemas import (
+    Accepted,
+    CreateTask,
+    ErrorBody,
+    FileUploaded,
+    Status,
+    Task,
+    TaskPage,
+    TaskWithHistory,
+)
+from task_api.services import Services
+from taskfleet.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge
+
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
+
+
+def producer_router(svc: Services) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(svc.auth.require("producer"))], responses=ERRORS)
+    queue: Queue = svc.queue
+
+    async def submit(body: CreateTask, *, notify_done: bool = False, priority: int | None = None) -> tuple[dict, bool]:
+        workflow = svc.workflows.get(body.workflow)
+        clean_input = workflow.validate_input(body.input)
+        if body.webhook_url is not None:
+            svc.url_guard.parse(body.webhook_url)  # scheme and shape now; addresses when sending
+        row, created = await queue.create(
+            workflow=workflow.name,
+            input=clean_input,
+            priority=priority if priority is not None else body.priority,
+            max_attempts=body.max_attempts or workflow.max_attempts,
+            timeout_s=body.timeout_s or workflow.timeout_s,
+            webhook_url=body.webhook_url,
+            metadata=body.metadata,
+            idempotency_key=body.idempotency_key,
+            body_hash=request_hash(body.model_dump(exclude={"idempotency_key"})) if body.idempotency_key else None,
+            notify_done=notify_done,
+        )
+        if created:
+            svc.metrics.created.labels(workflow.name).inc()
+        return row, created
+
+    @router.post("/api/tasks", status_code=201, response_model=Task)
+    async def create_task(
+        body: CreateTask, idempotency_key: Optional[str] = Header(None, max_length=200)
+    ) -> JSONResponse:
+        if idempotency_key and not body.idempotency_key:
+            body = body.model_copy(update={"idempotency_key": idempotency_key})
+        row, created = await submit(body)
+        return JSONResponse(task_json(row), status_code=201 if created else 200)
+
+    @router.get("/api/tasks/{task_id}", response_model=TaskWithHistory)
+    async def get_task(task_id: str) -> dict[str, Any]:
+        row = await queue.get(task_id)
+        return {**task_json(row), "history": await queue.history(task_id)}
+
+    @router.get("/api/tasks", response_model=TaskPage)
+    async def list_tasks(
+        status: Optional[Status] = None,
+        workflow: Optional[str] = Query(None, max_length=100),
+        limit: int = Query(50, ge=1, le=500),
+        cursor: Optional[str] = Query(None, max_length=40),
+    ) -> dict[str, Any]:
+        rows, next_cursor = await queue.list(status=status, workflow=workflow, limit=limit, cursor=cursor)
+        return {"items": [task_json(r) for r in rows], "next_cursor": next_cursor}
+
+    @router.post("/api/tasks/{task_id}/cancel", response_model=Task)
+    async def cancel_task(task_id: str) -> dict[str, Any]:
+        return task_json(await queue.cancel(task_id))
+
+    @router.post("/api/tasks/{task_id}/retry", response_model=Task)
+    async def retry_task(task_id: str) -> dict[str, Any]:
+        return task_json(await queue.retry(task_id))
+
+    @router.post("/api/{route}/create-task", status_code=201, response_model=Accepted)
+    async def create_by_alias(route: str, fields: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        workflow = svc.workflows.by_alias(route)
+        row, _ = await submit(CreateTask(workflow=workflow.name, input=fields))
+        return {"task_id": row["id"], "status": row["status"]}
+
+    @router.post(
+        "/api/{route}/process",
+        responses={202: {"model": Accepted}, 502: {"model": ErrorBody}},
+    )
+    async def process(
+        route: str,
+        fields: dict[str, Any] = Body(...),
+        wait_s: float = Query(120.0, ge=0, le=svc.settings.max_process_wait_s),
+    ) -> JSONResponse:
+        workflow = svc.workflows.by_alias(route)
+        row, _ = await submit(
+            CreateTask(workflow=workflow.name, input=fields), notify_done=True, priority=SYNC_PRIORITY
+        )
+        row = await wait_finished(queue, row["id"], wait_s)
+        task_id = row["id"]
+        if row["status"] == "COMPLETED":
+            return JSONResponse(task_json(row)["output"])
+        if row["status"] in ("FAILED", "CANCELLED"):
+            error = task_json(row)["error"] or {"code": "failed", "message": ""}
+            status = 422 if row["status"] == "FAILED" and error.get("retryable") is False else 502
+            body = {"error": {"code": error.get("code", "failed"), "message": error.get("message", "")}, "task_id": task_id}
+            return JSONResponse(body, status_code=status)
+        return JSONResponse({"task_id": task_id, "status": row["status"]}, status_code=202)
+
+    @router.post("/api/files", status_code=201, response_model=FileUploaded)
+    async def upload_file(file: UploadFile) -> dict[str, str]:
+        storage = svc.storage
+        limit = int(svc.settings.max_input_mb * 1024 * 1024)
+        name = _safe_name(file.filename or "upload.bin")
+        key = storage.output_key("uploads", uuid.uuid4().hex, name)
+        seen = 0
+
+        async def chunks():
+            nonlocal seen
+            while chunk := await file.read(1 << 20):
+                seen += len(chunk)
+                if seen > limit:
+                    raise PayloadTooLarge(f"file is over {svc.settings.max_input_mb:g} MB", code="payload_too_large")
+                yield chunk
+
+        stored = await storage.put_stream(key, chunks(), content_type=file.content_type or None)
+        return {"url": stored.url}
+
+    return router
+
+
+def _safe_name(filename: str) -> str:
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:120].lstrip(".")
+    if not name:
+        raise BadRequest("file name is empty after cleaning", code="invalid_filename")
+    return name
+
+
+async def wait_finished(queue: Queue, task_id: str, wait_s: float) -> dict:
+    """Wait for a task to reach a terminal state, up to ``wait_s``; returns its latest row."""
+    deadline = time.monotonic() + wait_s
+    event = queue.dispatcher.watch(task_id)
+    try:
+        while True:
+            row = await queue.get(task_id)
+            remaining = deadline - time.monotonic()
+            if row["status"] in ("COMPLETED", "FAILED", "CANCELLED") or remaining <= 0:
+                return row
+            # The signal is the fast path; the periodic re-read covers a missed NOTIFY.
+            try:
+                await asyncio.wait_for(event.wait(), min(remaining, 5.0))
+            except asyncio.TimeoutError:
+                pass
+            event.clear()
+    finally:
+        queue.dispatcher.unwatch(task_id, event)

@@ -1,0 +1,350 @@
+"""Every statement the queue runs, SQLite and Postgres side by side.
+
+Two invariants hold across all of them:
+- **No task under two live leases.** A claim only takes PENDING rows and gives each a fresh
+  ``lease_id``; every consumer write is fenced on ``id AND lease_id AND status = 'PROCESSING'
+  AND lease_expires_at > now``, so a stale holder's write matches no row and changes nothing.
+- **No accepted task is lost.** A create is one committed INSERT before the 2xx; no statement
+  deletes a task that is not finished; an expired lease puts the task back to PENDING (or
+  FAILED past ``max_attempts``), never nowhere.
+
+Parameters are written ``:name`` for both dialects; ``postgres()`` rewrites them to ``$n``.
+SQLite runs on one connection in the API's event loop thread, so each multi-statement
+operation there is one ``BEGIN IMMEDIATE`` transaction; Postgres gets single statements with
+data-modifying CTEs, one round trip each.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+TERMINAL = "('COMPLETED', 'FAILED', 'CANCELLED')"
+TASK_COLUMNS = (
+    "seq, id, workflow, status, input, output, error, progress, priority, attempts, max_attempts, "
+    "timeout_s, webhook_url, metadata, idempotency_key, request_hash, consumer_id, lease_id, "
+    "lease_expires_at, cancel_requested, created_at, updated_at, started_at, finished_at"
+)
+
+_PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+# asyncpg prepares statements without seeing values, so parameters Postgres cannot infer
+# (``$1 + $2``, ``$1 IS NULL``) get explicit types.
+PG_TYPES = {
+    "now": "float8", "lease_s": "float8", "not_before": "float8", "cutoff": "float8",
+    "inflight_s": "float8", "next_at": "float8", "limit": "int", "cursor": "bigint",
+    "retryable": "boolean", "any_workflow": "boolean", "give_up": "boolean",
+    "workflows": "text[]", "status": "text", "workflow": "text", "outcome": "text",
+    "output": "text", "error": "text", "progress": "text",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def postgres(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``:name`` placeholders → typed ``$n`` for asyncpg, and the parameter names in order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        cast = PG_TYPES.get(name)
+        return f"${names.index(name) + 1}" + (f"::{cast}" if cast else "")
+
+    return _PARAM.sub(number, sql), tuple(names)
+
+
+# -- create -------------------------------------------------------------------------------
+# One committed INSERT: once it returns, the task survives any crash. A repeated
+# idempotency key inserts nothing and the caller reads the existing row instead.
+INSERT_TASK = f"""
+INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
+                   metadata, idempotency_key, request_hash, notify_done, not_before,
+                   created_at, updated_at)
+VALUES (:id, :workflow, 'PENDING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
+        :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING {TASK_COLUMNS}
+"""
+
+SELECT_BY_IDEMPOTENCY_KEY = f"SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = :key"
+SELECT_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = :id"
+SELECT_ATTEMPTS = """
+SELECT lease_id, consumer_id, host, started_at, ended_at, outcome, error
+FROM attempts WHERE task_id = :id ORDER BY started_at, lease_id
+"""
+
+# Newest first; the cursor is the last seen seq.
+LIST_TASKS_SQLITE = f"""
+SELECT {TASK_COLUMNS} FROM tasks
+WHERE (:status IS NULL OR status = :status)
+  AND (:workflow IS NULL OR workflow = :workflow)
+  AND (:cursor IS NULL OR seq < :cursor)
+ORDER BY seq DESC LIMIT :limit
+"""
+LIST_TASKS_POSTGRES = f"""
+SELECT {TASK_COLUMNS} FROM tasks
+WHERE (:status IS NULL OR status = :status)
+  AND (:workflow IS NULL OR workflow = :workflow)
+  AND (:cursor IS NULL OR seq < :cursor)
+ORDER BY seq DESC LIMIT :limit
+"""
+
+# -- claim --------------------------------------------------------------------------------
+# Only PENDING rows whose backoff has passed are taken, each gets its own fresh lease id, and
+# the lease is recorded in the history in the same transaction. Postgres' SKIP LOCKED lets
+# concurrent claimers (many fetches, several API replicas) pass over each other's rows
+# instead of queueing on them; SQLite's single writer makes the UPDATE atomic by itself.
+CLAIM_SQLITE = f"""
+UPDATE tasks SET
+    status = 'PROCESSING', lease_id = lower(hex(randomblob(16))), consumer_id = :consumer_id,
+    lease_expires_at = :now + :lease_s, deadline_at = :now + timeout_s, cancel_requested = 0,
+    started_at = :now, updated_at = :now
+WHERE seq IN (
+    SELECT seq FROM tasks
+    WHERE status = 'PENDING' AND not_before <= :now
+      AND (:any_workflow OR workflow IN (SELECT value FROM json_each(:workflows)))
+    ORDER BY priority DESC, seq LIMIT :limit)
+RETURNING {TASK_COLUMNS}
+"""
+INSERT_ATTEMPT_SQLITE = """
+INSERT INTO attempts (lease_id, task_id, consumer_id, host, started_at)
+VALUES (:lease_id, :task_id, :consumer_id, :host, :now)
+"""
+
+CLAIM_POSTGRES = f"""
+WITH picked AS (
+    SELECT seq FROM tasks
+    WHERE status = 'PENDING' AND not_before <= :now
+      AND (:any_workflow OR workflow = ANY(:workflows))
+    ORDER BY priority DESC, seq LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE tasks t SET
+        status = 'PROCESSING', lease_id = md5(random()::text || t.id || clock_timestamp()::text),
+        consumer_id = :consumer_id, lease_expires_at = :now + :lease_s,
+        deadline_at = :now + t.timeout_s, cancel_requested = 0, started_at = :now, updated_at = :now
+    FROM picked WHERE t.seq = picked.seq
+    RETURNING t.*
+), history AS (
+    INSERT INTO attempts (lease_id, task_id, consumer_id, host, started_at)
+    SELECT lease_id, id, :consumer_id, :host, :now FROM leased
+)
+SELECT {TASK_COLUMNS} FROM leased ORDER BY priority DESC, seq
+"""
+
+# Is anything claimable right now? (the fallback wake-up check; cheap on the partial index)
+READY_WORKFLOWS = """
+SELECT DISTINCT workflow FROM (
+    SELECT workflow FROM tasks WHERE status = 'PENDING' AND not_before <= :now
+    ORDER BY priority DESC, seq LIMIT 64) AS ready
+"""
+NEXT_NOT_BEFORE = "SELECT min(not_before) FROM tasks WHERE status = 'PENDING' AND not_before > :now"
+
+# -- the fence ----------------------------------------------------------------------------
+# Every consumer write carries this condition: only the current, unexpired lease may act.
+FENCE = (
+    "id = :id AND lease_id = :lease_id AND status = 'PROCESSING' "
+    "AND lease_expires_at > :now AND deadline_at > :now"
+)
+
+# Extends the lease and records progress. Returns cancel_requested so the holder learns of a
+# cancel at its next heartbeat.
+HEARTBEAT = f"""
+UPDATE tasks SET lease_expires_at = :now + :lease_s, progress = COALESCE(:progress, progress),
+                 updated_at = :now
+WHERE {FENCE}
+RETURNING lease_expires_at, cancel_requested, workflow
+"""
+
+# Ends the lease: the attempt counts (complete, fail, cancel). :status is decided by the caller
+# for complete/cancel; for fail it is computed here so the attempts check sees the row's own
+# current count (SET expressions read the old values on both backends).
+FINISH_COLUMNS = """
+    attempts = attempts + 1,
+    status = CASE
+        WHEN :outcome = 'failed' AND :retryable AND attempts + 1 < max_attempts THEN 'PENDING'
+        ELSE :status END,
+    output = :output, error = :error,
+    not_before = :not_before, lease_id = NULL, lease_expires_at = NULL, deadline_at = NULL,
+    updated_at = :now,
+    progress = CASE WHEN :status = 'COMPLETED' THEN '{"percent": 100, "message": "done"}' ELSE progress END
+"""
+# finished_at is set afterwards from the status the row actually took.
+FINISH_SQLITE = f"""
+UPDATE tasks SET {FINISH_COLUMNS}
+WHERE {FENCE}
+RETURNING {TASK_COLUMNS}
+"""
+SET_FINISHED_AT_SQLITE = f"""
+UPDATE tasks SET finished_at = CASE WHEN status IN {TERMINAL} THEN :now ELSE NULL END WHERE id = :id
+"""
+END_ATTEMPT_SQLITE = """
+UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error WHERE lease_id = :lease_id
+"""
+ENQUEUE_WEBHOOK_SQLITE = """
+INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
+SELECT id, webhook_url, :now, :now FROM tasks
+WHERE id = :id AND webhook_url IS NOT NULL AND status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+"""
+
+FINISH_POSTGRES = f"""
+WITH done AS (
+    UPDATE tasks SET {FINISH_COLUMNS},
+        finished_at = CASE
+            WHEN :outcome = 'failed' AND :retryable AND attempts + 1 < max_attempts THEN NULL
+            WHEN :status IN {TERMINAL} THEN :now ELSE NULL END
+    WHERE {FENCE}
+    RETURNING *
+), ended AS (
+    UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error
+    WHERE lease_id = :lease_id AND EXISTS (SELECT 1 FROM done)
+), hook AS (
+    INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
+    SELECT id, webhook_url, :now, :now FROM done
+    WHERE webhook_url IS NOT NULL AND status IN {TERMINAL}
+)
+SELECT {TASK_COLUMNS} FROM done
+"""
+
+# -- expiry -------------------------------------------------------------------------------
+# A lease not heartbeated in time, or an attempt past its timeout_s, ends here: the attempt
+# counts; the task goes back to PENDING, or FAILED past max_attempts, or CANCELLED when a
+# cancel was waiting for it. Run by every API replica; on Postgres the row lock makes a
+# second replica's UPDATE re-check the WHERE and skip rows the first one already moved.
+EXPIRE_COLUMNS = f"""
+    attempts = attempts + 1,
+    status = CASE WHEN cancel_requested = 1 THEN 'CANCELLED'
+                  WHEN attempts + 1 >= max_attempts THEN 'FAILED' ELSE 'PENDING' END,
+    error = CASE WHEN cancel_requested = 1 THEN '{{"code": "cancelled", "message": "cancelled while running"}}'
+                 WHEN deadline_at <= :now THEN '{{"code": "timed_out", "message": "attempt ran past timeout_s"}}'
+                 ELSE '{{"code": "lease_expired", "message": "lease expired without a heartbeat"}}' END,
+    finished_at = CASE WHEN cancel_requested = 1 OR attempts + 1 >= max_attempts THEN :now ELSE NULL END,
+    not_before = :now, lease_id = NULL, lease_expires_at = NULL, deadline_at = NULL, updated_at = :now
+"""
+EXPIRABLE = "status = 'PROCESSING' AND (lease_expires_at <= :now OR deadline_at <= :now)"
+
+SELECT_EXPIRED_SQLITE = f"""
+SELECT id, lease_id, CASE WHEN deadline_at <= :now THEN 'timed_out' ELSE 'lease_expired' END AS outcome
+FROM tasks WHERE {EXPIRABLE} LIMIT 500
+"""
+EXPIRE_ONE_SQLITE = f"""
+UPDATE tasks SET {EXPIRE_COLUMNS}
+WHERE id = :id AND lease_id = :lease_id AND {EXPIRABLE}
+RETURNING id, workflow, status, error
+"""
+
+EXPIRE_POSTGRES = f"""
+WITH due AS (
+    SELECT seq, lease_id, CASE WHEN deadline_at <= :now THEN 'timed_out' ELSE 'lease_expired' END AS outcome
+    FROM tasks WHERE {EXPIRABLE} LIMIT 500 FOR UPDATE SKIP LOCKED
+), expired AS (
+    UPDATE tasks t SET {EXPIRE_COLUMNS}
+    FROM due WHERE t.seq = due.seq
+    RETURNING t.id, t.workflow, t.status, t.error, t.webhook_url, due.lease_id, due.outcome
+), ended AS (
+    UPDATE attempts a SET ended_at = :now, outcome = expired.outcome, error = expired.error
+    FROM expired WHERE a.lease_id = expired.lease_id
+), hook AS (
+    INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
+    SELECT id, webhook_url, :now, :now FROM expired
+    WHERE webhook_url IS NOT NULL AND status IN {TERMINAL}
+)
+SELECT id, workflow, status, error FROM expired
+"""
+
+# -- release ------------------------------------------------------------------------------
+# Back to PENDING at once without counting the attempt (shutdown, model server down); a
+# cancel that was waiting for the holder ends the task instead.
+RELEASE_COLUMNS = f"""
+    status = CASE WHEN cancel_requested = 1 THEN 'CANCELLED' ELSE 'PENDING' END,
+    finished_at = CASE WHEN cancel_requested = 1 THEN :now ELSE NULL END,
+    error = CASE WHEN cancel_requested = 1 THEN '{{"code": "cancelled", "message": "cancelled while running"}}' ELSE error END,
+    not_before = :now, lease_id = NULL, lease_expires_at = NULL, deadline_at = NULL, updated_at = :now
+"""
+RELEASE_SQLITE = f"""
+UPDATE tasks SET {RELEASE_COLUMNS} WHERE {FENCE} RETURNING {TASK_COLUMNS}
+"""
+RELEASE_POSTGRES = f"""
+WITH released AS (
+    UPDATE tasks SET {RELEASE_COLUMNS} WHERE {FENCE} RETURNING *
+), ended AS (
+    UPDATE attempts SET ended_at = :now, outcome = 'released'
+    WHERE lease_id = :lease_id AND EXISTS (SELECT 1 FROM released)
+), hook AS (
+    INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
+    SELECT id, webhook_url, :now, :now FROM released
+    WHERE webhook_url IS NOT NULL AND status IN {TERMINAL}
+)
+SELECT {TASK_COLUMNS} FROM released
+"""
+
+# -- producer-side state changes ------------------------------------------------------------
+# PENDING → CANCELLED at once; PROCESSING → cancel requested (the holder learns at its next
+# heartbeat). Terminal tasks match nothing.
+CANCEL_COLUMNS = f"""
+    status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' ELSE status END,
+    finished_at = CASE WHEN status = 'PENDING' THEN :now ELSE finished_at END,
+    error = CASE WHEN status = 'PENDING' THEN '{{"code": "cancelled", "message": "cancelled before it ran"}}' ELSE error END,
+    cancel_requested = CASE WHEN status = 'PROCESSING' THEN 1 ELSE cancel_requested END,
+    updated_at = :now
+"""
+CANCEL_SQLITE = f"""
+UPDATE tasks SET {CANCEL_COLUMNS} WHERE id = :id AND status IN ('PENDING', 'PROCESSING')
+RETURNING {TASK_COLUMNS}
+"""
+CANCEL_POSTGRES = f"""
+WITH cancelled AS (
+    UPDATE tasks SET {CANCEL_COLUMNS} WHERE id = :id AND status IN ('PENDING', 'PROCESSING')
+    RETURNING *
+), hook AS (
+    INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
+    SELECT id, webhook_url, :now, :now FROM cancelled
+    WHERE webhook_url IS NOT NULL AND status = 'CANCELLED'
+)
+SELECT {TASK_COLUMNS} FROM cancelled
+"""
+
+# A FAILED or CANCELLED task runs again from scratch; its history stays.
+RETRY = f"""
+UPDATE tasks SET status = 'PENDING', attempts = 0, output = NULL, error = NULL,
+    progress = '{{"percent": 0, "message": ""}}', cancel_requested = 0, not_before = :now,
+    started_at = NULL, finished_at = NULL, updated_at = :now
+WHERE id = :id AND status IN ('FAILED', 'CANCELLED')
+RETURNING {TASK_COLUMNS}
+"""
+
+# -- housekeeping -----------------------------------------------------------------------------
+# Retention only ever touches finished tasks; history and deliveries go with them (CASCADE).
+PURGE_FINISHED = f"""
+DELETE FROM tasks WHERE seq IN (
+    SELECT seq FROM tasks WHERE finished_at IS NOT NULL AND finished_at < :cutoff
+      AND status IN {TERMINAL} LIMIT 1000)
+"""
+
+COUNT_BY_WORKFLOW_STATUS = "SELECT workflow, status, count(*) AS n FROM tasks GROUP BY workflow, status"
+OLDEST_PENDING = "SELECT min(created_at) FROM tasks WHERE status = 'PENDING'"
+
+# -- webhooks -------------------------------------------------------------------------------
+# Deliveries are rows, so they survive a restart. Claiming one pushes next_at forward: if the
+# sender dies mid-send, another sender (or this one after restart) tries again later.
+CLAIM_WEBHOOKS_SQLITE = """
+UPDATE webhook_deliveries SET next_at = :now + :inflight_s
+WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_at <= :now
+             ORDER BY next_at LIMIT :limit)
+RETURNING id, task_id, url, attempts
+"""
+CLAIM_WEBHOOKS_POSTGRES = """
+UPDATE webhook_deliveries SET next_at = :now + :inflight_s
+WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_at <= :now
+             ORDER BY next_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+RETURNING id, task_id, url, attempts
+"""
+WEBHOOK_DELIVERED = "UPDATE webhook_deliveries SET status = 'delivered', attempts = attempts + 1 WHERE id = :id"
+WEBHOOK_FAILED = """
+UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = :error, next_at = :next_at,
+    status = CASE WHEN :give_up THEN 'dead' ELSE 'pending' END
+WHERE id = :id
+"""
+NEXT_WEBHOOK_AT = "SELECT min(next_at) FROM webhook_deliveries WHERE status = 'pending'"

@@ -1,0 +1,90 @@
+"""Long-poll wake-ups inside one API process.
+
+Waiting fetches park here instead of polling the database. A new claimable task wakes one
+waiter that serves its workflow (not all of them: a burst of 500 idle consumers must not all
+race for one task); a waiter that then fills its whole ``limit`` passes the wake on, since more
+work may be waiting. ``/process`` callers wait here for their task to finish.
+
+Signals come from the queue itself on SQLite, and from Postgres LISTEN/NOTIFY on Postgres, so a
+create on one replica wakes a fetch parked on another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class Waiter:
+    __slots__ = ("workflows", "event")
+
+    def __init__(self, workflows: frozenset[str] | None) -> None:
+        self.workflows = workflows  # None: any workflow
+        self.event = asyncio.Event()
+
+    def serves(self, workflow: str | None) -> bool:
+        return workflow is None or self.workflows is None or workflow in self.workflows
+
+
+class Dispatcher:
+    def __init__(self) -> None:
+        self._waiters: deque[Waiter] = deque()
+        self._done: dict[str, list[asyncio.Event]] = {}
+
+    # -- fetch side -----------------------------------------------------------------------
+    def register(self, workflows: frozenset[str] | None) -> Waiter:
+        """Register *before* looking for work, so a signal that lands mid-claim is not lost."""
+        waiter = Waiter(workflows)
+        self._waiters.append(waiter)
+        return waiter
+
+    def unregister(self, waiter: Waiter) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def rearm(self, waiter: Waiter) -> None:
+        """Back in line after a wake that found nothing (another replica was faster)."""
+        waiter.event.clear()
+        if waiter not in self._waiters:
+            self._waiters.append(waiter)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def pending(self, workflow: str | None = None, count: int = 1) -> None:
+        """``count`` tasks of ``workflow`` (None: unknown) became claimable."""
+        woken = 0
+        for waiter in list(self._waiters):
+            if woken >= count:
+                break
+            if not waiter.event.is_set() and waiter.serves(workflow):
+                waiter.event.set()
+                self._waiters.remove(waiter)
+                woken += 1
+
+    # -- /process side ----------------------------------------------------------------------
+    def watch(self, task_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._done.setdefault(task_id, []).append(event)
+        return event
+
+    def unwatch(self, task_id: str, event: asyncio.Event) -> None:
+        events = self._done.get(task_id)
+        if events and event in events:
+            events.remove(event)
+            if not events:
+                del self._done[task_id]
+
+    def finished(self, task_id: str) -> None:
+        for event in self._done.pop(task_id, []):
+            event.set()
+
+    # -- Postgres NOTIFY --------------------------------------------------------------------
+    def on_notify(self, channel: str, payload: str) -> None:
+        if channel == "taskfleet_pending":
+            self.pending(payload or None)
+        elif channel == "taskfleet_done":
+            self.finished(payload)
