@@ -47,7 +47,7 @@ class InputFetchError(TaskfleetError):
 
 
 class TaskTimeout(TaskfleetError):
-    code, status, retryable = "task_timeout", 504, True
+    code, status, retryable = "timed_out", 504, True  # the same code the API records when it reaps a timed-out lease
 
 
 class TaskCancelled(TaskfleetError):

@@ -1,0 +1,57 @@
+"""``python -m consumer`` / ``taskfleet consumer``: one asyncio process serving the configured workflows."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from consumer.logs import setup_logging
+from consumer.settings import ConsumerSettings
+from taskfleet.errors import ConfigError
+
+log = logging.getLogger("consumer")
+
+
+def parse_args(argv: list[str] | None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="taskfleet consumer", description=__doc__)
+    p.add_argument("--api-url", help="task API base URL (TASKFLEET_API_URL)")
+    p.add_argument("--workflows", help="comma-separated workflows to serve (TASKFLEET_WORKFLOWS); default: all installed")
+    p.add_argument("--concurrency", type=int, help="tasks worked on at once (TASKFLEET_CONCURRENCY)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (TASKFLEET_METRICS_PORT)")
+    p.add_argument("--metrics-host", help="address for the metrics endpoint (TASKFLEET_METRICS_HOST)")
+    p.add_argument("--storage-url", help="TASKFLEET_STORAGE_URL")
+    p.add_argument("--consumer-id", help="name shown in task history (TASKFLEET_CONSUMER_ID)")
+    p.add_argument("--shutdown-grace-s", type=float, help="TASKFLEET_SHUTDOWN_GRACE_S")
+    p.add_argument("--log-format", choices=["json", "text"], help="TASKFLEET_LOG_FORMAT")
+    args = vars(p.parse_args(argv))
+    return {k: v for k, v in args.items() if v is not None}
+
+
+async def serve(settings: ConsumerSettings) -> None:
+    from consumer.runner import Consumer
+
+    consumer = Consumer(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, consumer.request_stop)
+    await consumer.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = parse_args(argv)
+    settings = ConsumerSettings(**overrides)
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""Clients for model servers: several URLs per kind, chosen by health and load, with retries.
+
+Layers, from the wire up: httpx-retries' transport resends a request that never reached a server
+(connection refused, connect timeout); tenacity retries a whole call that failed in a way another
+try may fix (503, dropped connection), possibly on another server of the kind; a circuit breaker
+per server stops calls to one that keeps failing until a ``/health`` probe says it is back.
+
+An outage ends in ``ModelServerUnavailable`` (the runtime releases the task, attempt not counted);
+a 4xx ends in a non-retryable ``ModelServerError`` carrying the server's own error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import httpx
+from httpx_retries import Retry, RetryTransport
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from consumer.circuit import CircuitBreaker, CircuitState
+from consumer.errors import ModelServerError, ModelServerTimeout, ModelServerUnavailable
+from consumer.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0  # a server that cannot accept a connection in 5 s is down for our purposes
+HEALTH_TIMEOUT_S = 3.0
+CALL_ATTEMPTS = 3
+# Statuses that mean "not now" rather than "not this input": the call is retried, then released.
+OUTAGE_STATUSES = frozenset({502, 503, 504, 429})
+OUTAGE_EXCEPTIONS = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.RemoteProtocolError,  # the server dropped the connection (crash, restart)
+    httpx.ReadError,
+    httpx.WriteError,
+)
+
+
+class _Outage(Exception):
+    """One failed try that another try may fix; tenacity retries on it."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class HealthSnapshot:
+    healthy: bool = False
+    status: str = "unknown"
+    message: str = "not checked yet"
+    capacity: int = 1
+    others_in_flight: int = 0  # calls on the server that are not ours, when it was checked
+    checked_at: float = float("-inf")
+
+
+def _connect_retry_transport(transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncBaseTransport:
+    # Only failures before the request left: resending those cannot run the model twice.
+    retry = Retry(
+        total=2,
+        backoff_factor=0.1,
+        allowed_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
+        status_forcelist=[],
+        retry_on_exceptions=[httpx.ConnectError, httpx.ConnectTimeout],
+    )
+    return RetryTransport(transport=transport or httpx.AsyncHTTPTransport(), retry=retry)
+
+
+class Endpoint:
+    """One model server URL: its own AsyncClient, circuit breaker, last health and our load on it."""
+
+    def __init__(self, url: str, breaker: CircuitBreaker, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.breaker = breaker
+        self.health = HealthSnapshot()
+        self.in_flight = 0  # our calls on it right now
+        self.client = httpx.AsyncClient(
+            base_url=self.url,
+            transport=_connect_retry_transport(transport),
+            timeout=httpx.Timeout(120.0, connect=CONNECT_TIMEOUT_S),
+            trust_env=False,
+        )
+
+    def usable(self) -> bool:
+        return self.breaker.closed and self.health.healthy
+
+    def load(self) -> float:
+        return (self.in_flight + self.health.others_in_flight) / max(1, self.health.capacity)
+
+
+class ModelServerPool:
+    """All servers of one kind. ``client(timeout_s)`` gives what ``ctx.model_server`` is."""
+
+    def __init__(
+        self,
+        kind: str,
+        urls: list[str],
+        *,
+        health_ttl_s: float = 2.0,
+        breaker_failures: int = 3,
+        breaker_reset_s: float = 5.0,
+        metrics: Metrics | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError(f"model server kind {kind!r} has no URLs")
+        self.kind = kind
+        self.health_ttl_s = health_ttl_s
+        self.metrics = metrics
+        self.endpoints = [
+            Endpoint(u, CircuitBreaker(breaker_failures, breaker_reset_s), transport) for u in urls
+        ]
+        self._refreshing: asyncio.Task | None = None
+
+    def client(self, timeout_s: float = 120.0) -> "ModelServerClient":
+        return ModelServerClient(self, timeout_s)
+
+    async def aclose(self) -> None:
+        for ep in self.endpoints:
+            await ep.client.aclose()
+
+    # -- health -----------------------------------------------------------------------------
+
+    async def refresh(self, force: bool = False) -> None:
+        """Re-check every server whose health is older than the TTL; concurrent callers share one round."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh_all(force))
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh_all(self, force: bool) -> None:
+        now = time.monotonic()
+        due = [
+            ep for ep in self.endpoints
+            if (force or now - ep.health.checked_at >= self.health_ttl_s) and ep.breaker.probe_due
+        ]
+        await asyncio.gather(*(self._check(ep) for ep in due))
+
+    async def _check(self, ep: Endpoint) -> None:
+        in_flight_before = ep.in_flight
+        try:
+            response = await ep.client.get("/health", timeout=HEALTH_TIMEOUT_S)
+            body = response.json() if response.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError) as exc:
+            ep.health = HealthSnapshot(False, "unreachable", str(exc) or type(exc).__name__, checked_at=time.monotonic())
+            ep.breaker.record_failure()
+            self._observe_circuit(ep)
+            return
+        status = body.get("status", f"http_{response.status_code}") if isinstance(body, dict) else "invalid"
+        if response.status_code != 200 or not isinstance(body, dict):
+            ep.health = HealthSnapshot(False, status, f"/health answered {response.status_code}", checked_at=time.monotonic())
+            if response.status_code >= 500:
+                ep.breaker.record_failure()
+            self._observe_circuit(ep)
+            return
+        capacity = int(body.get("capacity") or 1)
+        reported = int(body.get("in_flight") or 0)
+        # The server counts our calls too; what is left over is other consumers' load.
+        ep.health = HealthSnapshot(
+            healthy=status == "healthy",
+            status=status,
+            message=str(body.get("message", "")),
+            capacity=max(1, capacity),
+            others_in_flight=max(0, reported - max(in_flight_before, ep.in_flight)),
+            checked_at=time.monotonic(),
+        )
+        # A server that answers /health is reachable: that closes a half-open circuit even when it
+        # reports "loading" (it will not get calls until it reports healthy).
+        ep.breaker.record_success()
+        self._observe_circuit(ep)
+
+    def _observe_circuit(self, ep: Endpoint) -> None:
+        if self.metrics is not None:
+            self.metrics.circuit_state.labels(self.kind, ep.url).set(int(ep.breaker.state))
+
+    def free_slots(self, our_tasks: int) -> int:
+        """How many more tasks needing this kind may be leased now (from the last health answers)."""
+        usable = [ep for ep in self.endpoints if ep.usable()]
+        free = sum(ep.health.capacity - ep.health.others_in_flight for ep in usable) - our_tasks
+        free = max(0, free)
+        if self.metrics is not None:
+            self.metrics.model_capacity.labels(self.kind).set(free)
+        return free
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "url": ep.url, "status": ep.health.status, "circuit": CircuitState(ep.breaker.state).name.lower(),
+                "in_flight": ep.in_flight, "capacity": ep.health.capacity,
+            }
+            for ep in self.endpoints
+        ]
+
+    async def choose(self) -> Endpoint:
+        """The least-loaded usable server; re-checks health first when no answer is fresh enough."""
+        now = time.monotonic()
+        if any(now - ep.health.checked_at >= self.health_ttl_s for ep in self.endpoints):
+            await self.refresh()
+        usable = [ep for ep in self.endpoints if ep.usable()]
+        if not usable:
+            states = ", ".join(f"{ep.url}: {ep.health.status} ({ep.health.message})" for ep in self.endpoints)
+            raise _Outage(f"no healthy {self.kind} model server ({states})")
+        return min(usable, key=Endpoint.load)
+
+
+def _error_from(response: httpx.Response, kind: str) -> tuple[str, str]:
+    try:
+        err = response.json()["error"]
+        return str(err["code"]), str(err.get("message", ""))
+    except (ValueError, KeyError, TypeError):
+        return f"{kind}_http_{response.status_code}", response.text[:300]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+class ModelServerClient:
+    """``ctx.model_server``: plain ``request`` / ``stream`` calls with the fleet's failure rules."""
+
+    def __init__(self, pool: ModelServerPool, timeout_s: float) -> None:
+        self.pool = pool
+        self.kind = pool.kind
+        self.timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call, its response read whole; raises on anything but 2xx (see module doc)."""
+        return await self._call(method, path, stream=False, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
+        """A call whose body is read as it arrives (``response.aiter_bytes()``), for large outputs.
+
+        Retries cover getting the response headers; once the body flows, a broken stream raises
+        ``ModelServerUnavailable`` (so the task is released and redone, never half-written).
+        """
+        response = await self._call(method, path, stream=True, **kwargs)
+        ep: Endpoint = response.extensions["taskfleet_endpoint"]
+        try:
+            yield response
+        except OUTAGE_EXCEPTIONS as exc:
+            raise ModelServerUnavailable(f"{self.kind} stream broke: {exc!r}", kind=self.kind) from exc
+        except httpx.ReadTimeout as exc:
+            raise ModelServerTimeout(f"{self.kind} stream stalled: {exc!r}") from exc
+        finally:
+            ep.in_flight -= 1
+            await response.aclose()
+
+    async def _call(self, method: str, path: str, *, stream: bool, **kwargs: Any) -> httpx.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(CALL_ATTEMPTS),
+                wait=wait_exponential(multiplier=0.25, min=0.25, max=4),
+                retry=retry_if_exception_type(_Outage),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self._try_once(method, path, stream, kwargs)
+        except _Outage as exc:
+            raise ModelServerUnavailable(
+                f"{self.kind} model server unavailable after {CALL_ATTEMPTS} tries: {exc}",
+                kind=self.kind,
+                retry_after_s=exc.retry_after_s,
+            ) from None
+        raise AssertionError("unreachable")
+
+    async def _try_once(self, method: str, path: str, stream: bool, kwargs: dict[str, Any]) -> httpx.Response:
+        pool = self.pool
+        ep = await pool.choose()
+        ep.in_flight += 1
+        started = time.perf_counter()
+        outcome = "error"
+        held = False
+        try:
+            try:
+                request = ep.client.build_request(method, path, **kwargs)
+                response = await ep.client.send(request, stream=stream)
+            except OUTAGE_EXCEPTIONS as exc:
+                outcome = "outage"
+                ep.breaker.record_failure()
+                pool._observe_circuit(ep)
+                raise _Outage(f"{ep.url}: {type(exc).__name__}: {exc}") from exc
+            except httpx.TimeoutException as exc:
+                # The server took the request and is still on it: not an outage, and resending would
+                # run the model twice at once. Fail the attempt; the task's retry policy decides.
+                outcome = "timeout"
+                raise ModelServerTimeout(f"{ep.url}{path} did not answer within {self.timeout.read}s") from exc
+
+            if response.is_success:
+                outcome = "ok"
+                ep.breaker.record_success()
+                pool._observe_circuit(ep)
+                if stream:
+                    # The call goes on while the body streams; stream() gives the slot back on close.
+                    response.extensions["taskfleet_endpoint"] = ep
+                    held = True
+                return response
+            if stream:
+                await response.aread()
+                await response.aclose()
+            code, message = _error_from(response, self.kind)
+            if response.status_code in OUTAGE_STATUSES:
+                outcome = "outage"
+                if response.status_code != 429:  # 429 is "full", not "broken"
+                    ep.breaker.record_failure()
+                    pool._observe_circuit(ep)
+                raise _Outage(f"{ep.url} answered {response.status_code} {code}: {message}", _retry_after(response))
+            outcome = f"http_{response.status_code}"
+            if 400 <= response.status_code < 500:
+                raise ModelServerError(message or code, code=code, status=422, retryable=False)
+            raise ModelServerError(message or code, code=code, status=502, retryable=True)
+        finally:
+            if not held:
+                ep.in_flight -= 1
+            if pool.metrics is not None:
+                pool.metrics.model_call_seconds.labels(self.kind, ep.url, outcome).observe(
+                    time.perf_counter() - started
+                )
