@@ -1,0 +1,34 @@
+"""Settings of the Flux model server (env prefix ``TASKFLEET_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from model_servers.base import ModelServerSettings
+
+
+class FluxSettings(ModelServerSettings):
+    port: int = 8101
+    # A local diffusers folder (model_index.json at its top). Empty = MODELS_DIR/flux.
+    flux_model: str = ""
+    # LoRA files (NAME.safetensors, or NAME/ holding one .safetensors). Empty = MODELS_DIR/loras.
+    lora_dir: str = ""
+    # auto: FLUX.1-schnell when the transformer has no guidance embedding, else FLUX.1-dev.
+    flux_variant: Literal["auto", "schnell", "dev"] = "auto"
+    flux_device: str = "auto"  # auto = cuda when available, else cpu
+    flux_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    flux_cpu_offload: Literal["none", "model", "sequential"] = "none"
+    flux_vae_tiling: bool = False
+    flux_compile: bool = False
+    # Images one pipeline call may carry; concurrent compatible requests share a call up to this.
+    # 1 turns request batching off.
+    flux_max_batch: int = Field(4, ge=1, le=64)
+
+    def model_path(self) -> Path:
+        return Path(self.flux_model) if self.flux_model else Path(self.models_dir) / "flux"
+
+    def lora_path(self) -> Path:
+        return Path(self.lora_dir) if self.lora_dir else Path(self.models_dir) / "loras"
