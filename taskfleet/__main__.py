@@ -1,0 +1,5 @@
+"""``python -m taskfleet`` is the ``taskfleet`` command."""
+
+from taskfleet.cli import main
+
+main()
