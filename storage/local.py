@@ -1,0 +1,157 @@
+"""Local directory backend (``file:///path``): the embedded default for one machine.
+
+Writes go to a temporary file beside the target and are renamed into place, so a reader never
+sees half an object. Over HTTP the task API serves the files (``storage.http``) at
+``{public_base_url}/files/{key}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+from storage.base import ObjectInfo, Storage, StoredObject, write_atomically
+from storage.errors import (
+    ACCESS_DENIED,
+    INVALID_KEY,
+    NOT_FOUND,
+    OBJECT_CHANGED,
+    STORAGE_ERROR,
+    UNAVAILABLE,
+    StorageError,
+)
+from storage.keys import check_key, guess_content_type
+
+
+class LocalStorage(Storage):
+    provider = "local"
+
+    def __init__(self, root: str | os.PathLike[str], **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self.root = Path(root).expanduser().absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()
+
+    def local_path(self, key: str) -> Path:
+        """The file holding ``key``. Refuses keys (or symlinks) that lead outside the root."""
+        check_key(key)
+        path = self.root / key
+        real = path.resolve()
+        if real != self._real_root and self._real_root not in real.parents:
+            raise StorageError(f"{key!r} leads outside the storage root", code=INVALID_KEY, key=key)
+        return path
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise StorageError(f"no such object: {exc.filename}", code=NOT_FOUND) from exc
+        except PermissionError as exc:
+            raise StorageError(str(exc), code=ACCESS_DENIED) from exc
+        except OSError as exc:
+            # A full disk or a stale NFS handle may clear; other OS errors will not.
+            transient = exc.errno in (errno.ENOSPC, errno.EIO, errno.ESTALE, errno.EAGAIN)
+            raise StorageError(str(exc), code=UNAVAILABLE if transient else STORAGE_ERROR) from exc
+
+    def _head_sync(self, key: str) -> ObjectInfo:
+        st = os.stat(self.local_path(key))
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageError(f"no such object: {key}", code=NOT_FOUND, key=key)
+        return ObjectInfo(st.st_size, guess_content_type(key), _version(st))
+
+    def _open_sync(self, key: str, offset: int, info: ObjectInfo, chunk_size: int) -> Iterator[bytes]:
+        fh = open(self.local_path(key), "rb")  # noqa: SIM115 -- closed by the generator below
+        if _version(os.fstat(fh.fileno())) != info.version:
+            fh.close()
+            raise StorageError(f"{key} was replaced while reading", code=OBJECT_CHANGED, key=key)
+        fh.seek(offset)
+        return _read_chunks(fh, chunk_size)
+
+    def _delete_sync(self, key: str) -> None:
+        self.local_path(key).unlink(missing_ok=True)
+
+    def _url_sync(self, key: str) -> str:
+        if self.public_base_url:
+            return f"{self.public_base_url}/files/{quote(key)}"
+        # No HTTP server configured: the file:// URL is still usable by consumers on this host.
+        return self.storage_url_for(key)
+
+    def storage_url_for(self, key: str) -> str:
+        return (self.root / key).as_uri()
+
+    def key_for_url(self, url: str) -> str | None:
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                return None
+            path = Path(os.path.normpath(unquote(parts.path)))
+            try:
+                key = path.relative_to(self.root).as_posix()
+            except ValueError:
+                return None
+        elif self.public_base_url and url.startswith(self.public_base_url + "/files/"):
+            key = unquote(urlsplit(url[len(self.public_base_url) + len("/files/") :]).path)
+        else:
+            return None
+        try:
+            self.local_path(key)
+        except StorageError:
+            return None
+        return key
+
+    async def _put_parts(
+        self, key: str, parts: AsyncIterator[bytes], size: int | None, content_type: str
+    ) -> int:
+        path = await self._run(self.local_path, key)
+        with self._errors():
+            return await write_atomically(path, parts, self._io, fsync=True)
+
+    async def put_file(
+        self, key: str, path: str | os.PathLike[str], content_type: str | None = None
+    ) -> StoredObject:
+        target = self.local_path(key)
+        size = await self._run(_copy_atomically, Path(path), target)
+        return await self._stored(key, size, content_type or guess_content_type(key))
+
+    async def download_to(self, key: str, path: str | os.PathLike[str]) -> int:
+        return await self._run(_copy_atomically, self.local_path(key), Path(path), False)
+
+
+def _version(st: os.stat_result) -> str:
+    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+
+def _read_chunks(fh, chunk_size: int) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
+    with fh:
+        while chunk := fh.read(chunk_size):
+            yield chunk
+
+
+def _copy_atomically(src: Path, dst: Path, fsync: bool = True) -> int:
+    """Copy into a temp file beside ``dst`` with the kernel's fast path (shutil.copyfile uses
+    sendfile on Linux), then rename it into place."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp_name)
+        if fsync:
+            sync_fd = os.open(tmp_name, os.O_RDONLY)
+            try:
+                os.fsync(sync_fd)
+            finally:
+                os.close(sync_fd)
+        size = os.stat(tmp_name).st_size
+        os.replace(tmp_name, dst)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return size
