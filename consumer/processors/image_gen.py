@@ -35,7 +35,7 @@ async def process(ctx: TaskContext) -> dict[str, Any]:
     started = time.perf_counter()
     body = {k: v for k, v in ctx.input.items() if v is not None}
     await ctx.progress(5, "generating")
-    response = await ctx.model_server.request("POST", "/generate", json=body, timeout=ctx.timeout_s)
+    response = await ctx.model_server.request("POST", "/generate", json=body)
     try:
         result = response.json()
         images = result["images"]
