@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(settings))
     except ConfigError as exc:
         log.error("cannot start: %s", exc.message)
-        return 2
+        raise SystemExit(2) from None
     return 0
 
 

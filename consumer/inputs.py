@@ -59,10 +59,20 @@ class InputFetcher:
         """Download ``url`` to ``dest``; returns the number of bytes written."""
         scheme = urlsplit(url).scheme.lower()
         try:
+            own_key = storage.key_for_url(url) if storage is not None else None
+            if own_key is not None:
+                # Our own storage (its s3/gs/file URL, or a served/presigned URL of it, such as what
+                # POST /api/files returns): read it there rather than over HTTP.
+                return await self._fetch_object(storage, own_key, dest, url)
             if scheme in ("http", "https"):
                 return await self._fetch_http(url, dest)
+            if scheme == "file":
+                # file:// is how an operator hands in local files; anything outside the root is
+                # the classic way to read /etc/passwd or the service's own secrets.
+                raise UrlRefused("file:// inputs must lie inside the storage root", code="url_outside_storage_root")
             if scheme in STORAGE_SCHEMES:
-                return await self._fetch_storage(url, dest, storage)
+                source, key = self._other_bucket(url)
+                return await self._fetch_object(source, key, dest, url)
             raise UrlRefused(
                 f"scheme {scheme or '(none)'!r} is not allowed for inputs (http, https, s3, gs, file inside storage)",
                 code="url_scheme_not_allowed",
@@ -97,20 +107,12 @@ class InputFetcher:
         except httpx.HTTPError as exc:
             raise InputFetchError(f"{_redact(url)}: {type(exc).__name__}: {exc}", retryable=True) from None
 
-    async def _fetch_storage(self, url: str, dest: Path, storage: Any) -> int:
-        key = storage.key_for_url(url) if storage is not None else None
-        source = storage
-        if key is None:
-            if url.lower().startswith("file:"):
-                # file:// is how an operator hands in local files; anything outside the root is
-                # the classic way to read /etc/passwd or the service's own secrets.
-                raise UrlRefused("file:// inputs must lie inside the storage root", code="url_outside_storage_root")
-            source, key = self._other_bucket(url)
+    async def _fetch_object(self, source: Any, key: str, dest: Path, url: str) -> int:
         try:
             return await self._write(source.stream(key, chunk_size=_CHUNK), dest, url)
         except TaskfleetError as exc:
             if exc.code == "not_found":
-                raise InputFetchError(f"{url} does not exist", code="input_not_found", retryable=False) from None
+                raise InputFetchError(f"{_redact(url)} does not exist", code="input_not_found", retryable=False) from None
             raise
 
     def _other_bucket(self, url: str) -> tuple[Any, str]:

@@ -256,7 +256,11 @@ class ModelServerClient:
             await response.aclose()
 
     async def _call(self, method: str, path: str, *, stream: bool, **kwargs: Any) -> httpx.Response:
-        kwargs.setdefault("timeout", self.timeout)
+        timeout = kwargs.get("timeout", self.timeout)
+        if isinstance(timeout, (int, float)):
+            # A bare number would stretch the connect timeout too, and a dead server must be noticed fast.
+            timeout = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT_S, timeout))
+        kwargs["timeout"] = timeout
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(CALL_ATTEMPTS),

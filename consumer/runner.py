@@ -467,10 +467,17 @@ class Consumer:
 
 
 def _open_storage(settings: ConsumerSettings, url: str | None = None) -> Any:
+    """The configured storage, or (``url``) another bucket read with the same endpoint options."""
+    from urllib.parse import urlsplit
+
     from storage import open_storage
 
+    if url is not None:
+        configured = urlsplit(settings.storage_url)
+        if urlsplit(url).scheme == configured.scheme and configured.query:
+            url = f"{url}?{configured.query}"  # e.g. endpoint_url= for R2 / MinIO
     return open_storage(
         url or settings.storage_url,
-        public_base_url=settings.public_base_url or settings.api_url,
+        public_base_url=(settings.public_url or settings.api_url).rstrip("/"),
         url_expiry_s=settings.url_expiry_s,
     )

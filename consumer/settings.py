@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from typing import Annotated
 
@@ -40,8 +39,8 @@ class ConsumerSettings(BaseSettings):
     breaker_reset_s: float = 5.0  # open → half-open probe after this long (doubles while it keeps failing)
     outage_backoff_max_s: float = 30.0  # cap on the pause after releasing a task for an outage
 
-    storage_url: str = Field(default_factory=lambda: "file://" + os.path.abspath("taskfleet-data/storage"))
-    public_base_url: str | None = None  # where local-storage files are served; default: the API
+    storage_url: str = "file://./var/storage"  # the API's default too: one local stack shares it
+    public_url: str | None = None  # where the API serves local-storage files; default: api_url
     url_expiry_s: int = 3600
     max_input_mb: float = 2048
     url_allowlist: CommaList = Field(default_factory=list)
