@@ -2,7 +2,7 @@
 
 Hand-written: the sentence splitters on PyPI either download models at run time (nltk punkt) or
 are unmaintained (pysbd). The rules are the usual ones -- end punctuation followed by a space or a
-paragraph break, except after common abbreviations and initials -- plus splitting of sentences
+paragraph break, except after common abbreviations and initials or before a lower-case word -- plus splitting of sentences
 too long for one utterance at clause breaks, then at spaces.
 """
 
@@ -37,8 +37,10 @@ def _sentences(paragraph: str) -> list[str]:
     pieces: list[str] = []
     start = 0
     for m in _BOUNDARY.finditer(paragraph):
-        if m.group().startswith(".") and _is_abbreviation(paragraph[start : m.start()]):
-            continue
+        if m.group().startswith(".") and (
+            _is_abbreviation(paragraph[start : m.start()]) or paragraph[m.end() : m.end() + 1].islower()
+        ):
+            continue  # "Dr. Smith", "J. R. R.", "at 5 p.m. in": a sentence starts with a capital
         piece = paragraph[start : m.end()].strip()
         if piece:
             pieces.append(piece)
