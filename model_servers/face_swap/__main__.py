@@ -1,0 +1,29 @@
+"""``python -m model_servers.face_swap`` / ``taskfleet model-server face_swap``: serve with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from model_servers.face_swap.settings import FaceSwapSettings
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = FaceSwapSettings()
+    parser = argparse.ArgumentParser(prog="taskfleet model-server face_swap", description=__doc__)
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--engine", choices=["insightface", "lite"], default=settings.face_swap_engine)
+    parser.add_argument("--models-dir", default=settings.models_dir)
+    args = parser.parse_args(argv)
+    settings = settings.model_copy(
+        update={"host": args.host, "port": args.port, "face_swap_engine": args.engine, "models_dir": args.models_dir}
+    )
+    from model_servers.face_swap.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The offline CPU engine: a real but simple face swap that needs no downloaded weights.
+
+Faces are found by scikit-image's LBP frontal-face cascade (shipped inside the scikit-image wheel,
+so it works with any OpenCV, including 5.x which dropped its Haar cascades). The source face is
+scaled onto each target box, its colours moved to the target's (LAB transfer), and Poisson-blended
+in (``cv2.seamlessClone``) through an elliptical mask, so lighting and skin tone follow the target.
+
+What to expect: frontal faces only; alignment is by the detection box (no landmarks), so eyes and
+mouth can sit a few pixels off and head pose is not followed; hair, glasses and beard of the source
+come along only where they fall inside the ellipse. It is for demos and CI, not production.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from model_servers.face_swap.blend import match_colour
+from model_servers.face_swap.engine import EngineUnavailable
+from model_servers.face_swap.errors import NoSourceFace
+from model_servers.face_swap.settings import FaceSwapSettings
+from taskfleet.workflows.face_swap import FaceSwapOptions
+
+IMAGE_DETECT_SIDE = 512  # detection runs on a downscaled grey copy; bigger finds smaller faces
+VIDEO_DETECT_SIDE = 320
+VIDEO_DETECT_EVERY = 3  # frames between detections in a video; boxes are carried over in between
+
+
+def _cascade():
+    from skimage import data
+    from skimage.feature import Cascade
+
+    return Cascade(data.lbp_frontal_face_cascade_filename())
+
+
+def detect_faces(cascade, image: np.ndarray, max_side: int) -> list[tuple[int, int, int, int]]:
+    """Face boxes (x, y, w, h) in ``image`` coordinates, largest first."""
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    scale = min(1.0, max_side / max(grey.shape))
+    if scale < 1.0:
+        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    found = cascade.detect_multi_scale(
+        img=grey,
+        scale_factor=1.15,
+        step_ratio=1,
+        min_size=(24, 24),
+        max_size=grey.shape,
+        min_neighbor_number=8,  # 4 (the default) finds patches of the astronaut's suit
+    )
+    boxes = [
+        (int(d["c"] / scale), int(d["r"] / scale), int(d["width"] / scale), int(d["height"] / scale)) for d in found
+    ]
+    return sorted(boxes, key=lambda b: -b[2] * b[3])
+
+
+def face_ellipse(w: int, h: int, mouth: bool) -> np.ndarray:
+    """Where the source face replaces the target's: an ellipse over eyes, nose and mouth."""
+    mask = np.zeros((h, w), np.uint8)
+    cv2.ellipse(mask, (w // 2, int(h * 0.55)), (max(1, int(w * 0.36)), max(1, int(h * 0.43))), 0, 0, 360, 255, -1)
+    if mouth:  # keep the target's own mouth: cut it out of the clone region
+        cv2.ellipse(mask, (w // 2, int(h * 0.8)), (max(1, int(w * 0.17)), max(1, int(h * 0.08))), 0, 0, 360, 0, -1)
+    return mask
+
+
+def _iou(a, b) -> float:
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw, ih = max(0, min(ax1, bx1) - max(a[0], b[0])), max(0, min(ay1, by1) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / float(a[2] * a[3] + b[2] * b[3] - inter + 1e-6)
+
+
+class LiteEngine:
+    name = "lite"
+    device = "cpu"
+
+    def __init__(self, settings: FaceSwapSettings) -> None:
+        self.settings = settings
+
+    def load(self) -> str:
+        try:
+            _cascade()
+        except Exception as exc:  # an import or file error: the reason is what the operator needs
+            raise EngineUnavailable(f"lite engine cannot load scikit-image's face cascade: {exc}") from None
+        if not hasattr(cv2, "seamlessClone"):
+            raise EngineUnavailable("this OpenCV build has no seamlessClone")
+        return "lite engine ready (CPU; LBP cascade + Poisson blend; set TASKFLEET_FACE_SWAP_ENGINE=insightface for quality)"
+
+    def start(self, source: np.ndarray, options: FaceSwapOptions, *, video: bool) -> "LiteSwapper":
+        cascade = _cascade()  # one per job: the cascade's scratch state is not shared across threads
+        boxes = detect_faces(cascade, source, IMAGE_DETECT_SIDE)
+        if not boxes:
+            raise NoSourceFace("no face found in the source image")
+        x, y, w, h = boxes[0]
+        return LiteSwapper(cascade, source[y : y + h, x : x + w].copy(), options, video=video)
+
+
+class LiteSwapper:
+    enhanced = False  # GFPGAN needs landmarks this engine does not have
+
+    def __init__(self, cascade, source_face: np.ndarray, options: FaceSwapOptions, *, video: bool) -> None:
+        self.cascade = cascade
+        self.source_face = source_face
+        self.many = options.many_faces
+        self.mouth = options.mouth_mask
+        self.video = video
+        self.frame_index = 0
+        self.boxes: list[tuple[int, int, int, int]] = []
+
+    def _targets(self, frame: np.ndarray) -> list[tuple[int, int, int, int]]:
+        if not self.video:
+            return detect_faces(self.cascade, frame, IMAGE_DETECT_SIDE)
+        if self.frame_index % VIDEO_DETECT_EVERY == 0:
+            found = detect_faces(self.cascade, frame, VIDEO_DETECT_SIDE)
+            # Steady the boxes between detections: a matched box moves only part of the way.
+            steadied = []
+            for box in found:
+                prev = max(self.boxes, key=lambda p: _iou(p, box), default=None)
+                if prev is not None and _iou(prev, box) > 0.3:
+                    box = tuple(int(round(0.6 * n + 0.4 * p)) for n, p in zip(box, prev))
+                steadied.append(box)
+            self.boxes = steadied
+        self.frame_index += 1
+        return self.boxes
+
+    def swap(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
+        targets = self._targets(frame)
+        if not self.many:
+            targets = targets[:1]
+        done = 0
+        for box in targets:
+            if self._swap_one(frame, box):
+                done += 1
+        return frame, done
+
+    def _swap_one(self, frame: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+        fh, fw = frame.shape[:2]
+        x, y, w, h = box
+        # Clip to the frame (seamlessClone needs its region inside the destination) with a 1 px margin.
+        x0, y0, x1, y1 = max(x, 1), max(y, 1), min(x + w, fw - 1), min(y + h, fh - 1)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return False
+        face = cv2.resize(self.source_face, (w, h), interpolation=cv2.INTER_AREA if w < self.source_face.shape[1] else cv2.INTER_CUBIC)
+        mask = face_ellipse(w, h, self.mouth)
+        sx, sy = x0 - x, y0 - y
+        face = face[sy : sy + (y1 - y0), sx : sx + (x1 - x0)]
+        mask = np.ascontiguousarray(mask[sy : sy + (y1 - y0), sx : sx + (x1 - x0)])
+        target = frame[y0:y1, x0:x1]
+        face = match_colour(face, target, mask)
+        bx, by, bw, bh = cv2.boundingRect(mask)
+        if bw < 4 or bh < 4:
+            return False
+        # seamlessClone places the mask's bounding box centred on this point.
+        centre = (x0 + bx + bw // 2, y0 + by + bh // 2)
+        try:
+            frame[:] = cv2.seamlessClone(np.ascontiguousarray(face), frame, mask, centre, cv2.NORMAL_CLONE)
+        except cv2.error:
+            return False
+        return True

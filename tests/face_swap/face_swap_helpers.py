@@ -1,0 +1,111 @@
+"""Helpers for the face-swap tests: clips made by ffmpeg, stream inspection, live servers, a client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from model_servers.face_swap.settings import FaceSwapSettings
+
+
+def make_clip(tools, image: Path, out: Path, *, seconds: float, fps: float, size: int = 256, audio: bool) -> Path:
+    """A clip of a still photo with a slow zoom (so frames differ), optionally with a 440 Hz tone."""
+    cmd = [tools.ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-loop", "1", "-framerate", f"{fps:g}", "-i", str(image)]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds:g}"]
+    cmd += [
+        "-t", f"{seconds:g}",
+        "-vf", f"scale={size}:{size},zoompan=z='1+0.001*on':d=1:s={size}x{size}:fps={fps:g}",
+        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-r", f"{fps:g}",
+    ]  # fmt: skip
+    if audio:
+        cmd += ["-c:a", "aac", "-shortest"]
+    subprocess.run(cmd + [str(out)], check=True, timeout=120)
+    return out
+
+
+def count_frames(tools, path: Path) -> int:
+    out = subprocess.run(
+        [tools.ffprobe, "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+         "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(out.stdout.strip())
+
+
+def stream_types(tools, path: Path) -> list[str]:
+    out = subprocess.run(
+        [tools.ffprobe, "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+class LiveServer:
+    """A real uvicorn serving an app on a loopback port, in a thread of this process."""
+
+    def __init__(self, app) -> None:
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def settings_for(models_dir: Path, **kw) -> FaceSwapSettings:
+    base = dict(models_dir=str(models_dir), providers="CPUExecutionProvider", progress_every_frames=10)
+    return FaceSwapSettings(**{**base, **kw})
+
+
+def post_process(url: str, source: Path, target: Path, options: dict | None = None, timeout: float = 120):
+    """POST /process and parse the streamed multipart/mixed answer; returns (status, events, files)."""
+    from model_servers.face_swap.protocol import FileSink, MemorySink, MultipartReader
+
+    outdir = Path(target).parent / f"out-{time.monotonic_ns()}"
+    outdir.mkdir()
+    events: list[tuple[str, object]] = []
+    files: dict[str, Path] = {}
+
+    def open_part(part):
+        if part.filename:
+            return FileSink(part.filename, outdir / part.filename, 1 << 32)
+        return MemorySink(part.name)
+
+    def done(part, sink):
+        if isinstance(sink, FileSink):
+            files[sink.name] = sink.path
+        else:
+            events.append((part.name, json.loads(sink.value())))
+
+    with open(source, "rb") as s, open(target, "rb") as t:
+        form = {"source": ("s", s), "target": ("t", t)}
+        data = {"options": json.dumps(options or {})}
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            with client.stream("POST", url + "/process", files=form, data=data) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    return resp.status_code, resp.json(), {}
+                reader = MultipartReader(resp.headers["content-type"], open_part, done)
+                for chunk in resp.iter_bytes():
+                    reader.feed(chunk)
+                assert reader.finished
+    return 200, events, files
