@@ -6,7 +6,7 @@ from typing import AsyncIterator
 import httpx
 import pytest
 
-from model_servers.tts import TtsSettings
+from model_servers.tts.settings import TtsSettings
 
 from tts_helpers import serve
 

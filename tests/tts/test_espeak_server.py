@@ -165,7 +165,7 @@ async def test_long_text_many_sentences(espeak, tmp_path):
 
 async def test_missing_binary_is_unhealthy_and_503(tmp_path):
     from tts_helpers import serve
-    from model_servers.tts import TtsSettings
+    from model_servers.tts.settings import TtsSettings
 
     async with serve(TtsSettings(tts_engine="espeak", espeak_binary=str(tmp_path / "no-espeak"))) as client:
         health = (await client.get("/health")).json()

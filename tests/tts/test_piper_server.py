@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from model_servers.tts import TtsSettings
+from model_servers.tts.settings import TtsSettings
 
 from tts_helpers import serve
 from tts_helpers import check_srt_tiles, read_wav, synthesize

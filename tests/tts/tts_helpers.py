@@ -12,7 +12,8 @@ from typing import AsyncIterator
 import httpx
 import numpy as np
 
-from model_servers.tts import TtsSettings, create_app
+from model_servers.tts.app import create_app
+from model_servers.tts.settings import TtsSettings
 from model_servers.tts.wire import TtsResult, read_tts_response
 
 
