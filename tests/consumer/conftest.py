@@ -17,6 +17,9 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# pytest's pythonpath = ["tests"] would let the tests/storage folder shadow the storage package.
+if sys.path[0] != str(ROOT):
+    sys.path.insert(0, str(ROOT))
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 
@@ -199,6 +202,12 @@ class Stack:
             wait_http(proc.metrics_url, proc)
         return proc
 
+    def logs(self) -> str:
+        """Every process log of the test, for assertion messages."""
+        return "\n".join(
+            f"==== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.log_dir.glob("*.log"))
+        )
+
     def stop(self) -> None:
         for c in self.consumers:
             c.stop()
@@ -226,8 +235,43 @@ def stack(stack_factory) -> Stack:
     return stack_factory()
 
 
-def dump_logs(log_dir: Path) -> str:
-    return "\n".join(f"==== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(log_dir.glob("*.log")))
+class ThreadServer:
+    """A uvicorn app served from a thread of the test process (for servers tests poke directly)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+        import threading
+
+        import uvicorn
+
+        self.host = host
+        self.port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> "ThreadServer":
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise TimeoutError("thread server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
 
 
-__all__ = ["Stack", "FakeModelServer", "Proc", "free_port", "wait_http", "dump_logs", "signal"]
+@pytest.fixture
+def thread_server():
+    servers: list[ThreadServer] = []
+
+    def make(app: Any, host: str = "127.0.0.1") -> ThreadServer:
+        s = ThreadServer(app, host).start()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()

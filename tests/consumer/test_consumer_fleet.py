@@ -12,8 +12,6 @@ import pytest
 
 from taskfleet.client import ProducerClient
 
-from .conftest import dump_logs
-
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -35,7 +33,7 @@ async def test_echo_end_to_end(stack, log_dir):
         fatal = await client.submit("echo", {"data": 1, "fail": "fatal"})
         retryable = await client.submit("echo", {"data": 1, "fail": "retryable"}, max_attempts=2)
         done = await client.wait(ok["task_id"], timeout=30)
-        assert done["status"] == "COMPLETED", dump_logs(log_dir)
+        assert done["status"] == "COMPLETED", stack.logs()
         assert done["output"] == {"data": {"hello": [1, 2, 3]}}
         assert done["consumer_id"] == "consumer0"
         failed = await client.wait(fatal["task_id"], timeout=30)
