@@ -3,9 +3,15 @@ ffmpeg, and real uvicorn servers on loopback."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import cv2
+# With tests/ on sys.path (pytest's pythonpath), tests/storage would shadow the real storage package.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if sys.path[0] != _ROOT:
+    sys.path.insert(0, _ROOT)
+
+import cv2  # noqa: E402
 import numpy as np
 import pytest
 

@@ -1,0 +1,129 @@
+"""The face_swap processor against a real lite server, real local storage and the real input fetcher."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from consumer.context import TaskContext
+from consumer.inputs import InputFetcher
+from consumer.model_client import ModelServerPool
+from consumer.processors.face_swap import _drain, _ResultStream, process
+from storage import open_storage
+from taskfleet.errors import TaskfleetError
+from taskfleet.urlguard import UrlGuard
+from taskfleet.workflows import WorkflowRegistry
+from taskfleet.workflows.face_swap import FACE_SWAP, FaceSwapResponse
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return open_storage(f"file://{tmp_path}/store", public_base_url="http://files.test")
+
+
+async def make_ctx(tmp_path, storage, server_url, data, progress):
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    pool = ModelServerPool("face_swap", [server_url])
+    fetcher = InputFetcher(UrlGuard(), 1 << 30)
+
+    async def on_progress():
+        progress.append((ctx._progress.percent, ctx._progress.message))
+
+    ctx = TaskContext(
+        task_id="tsk_fs1",
+        workflow="face_swap",
+        input=FACE_SWAP.validate_input(data),
+        attempt=1,
+        workdir=work,
+        storage=storage,
+        timeout_s=120,
+        model_server_kind="face_swap",
+        _fetcher=fetcher,
+        _pools={"face_swap": pool.client(120)},
+        _on_progress=on_progress,
+    )
+    return ctx, pool, fetcher
+
+
+async def run(tmp_path, storage, url, data):
+    progress = []
+    ctx, pool, fetcher = await make_ctx(tmp_path, storage, url, data, progress)
+    try:
+        return await process(ctx), progress
+    finally:
+        await pool.aclose()
+        await fetcher.aclose()
+
+
+async def test_video_result_has_the_seed_shape_and_outputs_in_storage(tmp_path, storage, lite_server, photos, clips):
+    source = await storage.put_file("inputs/astronaut.png", photos["astronaut"])
+    target = await storage.put_file("inputs/clip.mp4", clips["audio"])
+    out, progress = await run(
+        tmp_path, storage, lite_server.url,
+        {"source_url": source.url, "target_url": target.storage_url, "output_formats": ["mp4", "gif", "webp"]},
+    )  # fmt: skip
+    FaceSwapResponse.model_validate(out)
+    assert out["status"] == "success" and out["job_id"] == "tsk_fs1" and out["processing_time"] > 0
+    meta = out["metadata"]
+    assert out["output_path"] == "http://files.test/files/" + storage.output_key("face_swap", "tsk_fs1", "output.mp4")
+    assert meta["storage_provider"] == "local" and meta["storage_url"].startswith("file://")
+    assert meta["gif_url"].endswith("/preview.gif") and meta["webp_url"].endswith("/preview.webp")
+    assert meta["frames_processed"] == 50 and meta["fps"] == 25 and meta["faces_detected"] == 1
+    assert meta["duration_seconds"] == 2.0
+    for name in ("output.mp4", "preview.gif", "preview.webp"):
+        assert await storage.exists(storage.output_key("face_swap", "tsk_fs1", name))
+    percents = [p for p, _ in progress]
+    assert percents == sorted(percents) and percents[-1] == 100.0
+    assert any("frames" in m for _, m in progress)  # the server's per-frame progress came through
+
+
+async def test_image_result(tmp_path, storage, lite_server, photos):
+    source = await storage.put_file("inputs/hopper.jpg", photos["hopper"])
+    target = await storage.put_file("inputs/astronaut.png", photos["astronaut"])
+    out, _ = await run(tmp_path, storage, lite_server.url, {"source_url": source.storage_url, "target_url": target.storage_url})
+    assert out["output_path"].endswith("/output.png")
+    assert out["metadata"]["faces_detected"] == 1 and out["metadata"]["frames_processed"] == 1
+
+
+async def test_no_face_fails_for_good(tmp_path, storage, lite_server, photos):
+    source = await storage.put_file("inputs/noface.jpg", photos["noface"])
+    target = await storage.put_file("inputs/astronaut.png", photos["astronaut"])
+    with pytest.raises(TaskfleetError) as info:
+        await run(tmp_path, storage, lite_server.url, {"source_url": source.storage_url, "target_url": target.storage_url})
+    assert info.value.code == "no_source_face" and info.value.retryable is False
+
+
+async def test_an_error_part_mid_stream_becomes_the_task_error(tmp_path):
+    stream = _ResultStream(tmp_path)
+    stream.events.append(("error", {"error": {"code": "invalid_media", "message": "truncated"}, "retryable": False}))
+
+    class Ctx:
+        async def progress(self, *a):
+            pass
+
+    with pytest.raises(TaskfleetError) as info:
+        await _drain(Ctx(), stream)
+    assert info.value.code == "invalid_media" and info.value.retryable is False
+
+
+def test_workflow_is_registered_with_its_route_and_server():
+    wf = WorkflowRegistry.from_entry_points().by_alias("face-swap")
+    assert wf.name == "face_swap" and wf.model_server == "face_swap"
+    ok = wf.validate_input({"source_url": "https://a/s.jpg", "target_url": "https://a/t.mp4", "resolution": "1280x720"})
+    assert ok["resolution"] == "1280x720" and ok["keep_audio"] is True
+    for bad in ({"source_url": "x"}, {"source_url": "a", "target_url": "b", "output_formats": ["bmp"]},
+                {"source_url": "a", "target_url": "b", "resolution": "big"}):  # fmt: skip
+        with pytest.raises(TaskfleetError):
+            wf.validate_input(bad)
+
+
+def test_the_fleet_side_imports_no_onnx_or_opencv():
+    code = (
+        "import sys; import consumer.processors.face_swap, taskfleet.workflows.face_swap; "
+        "bad = [m for m in ('cv2', 'onnxruntime', 'insightface', 'numpy') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

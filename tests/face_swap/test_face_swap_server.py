@@ -1,0 +1,155 @@
+"""The face-swap server over real HTTP: images, videos through ffmpeg pipes, limits, errors, health."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import cv2
+import httpx
+import pytest
+
+import face_swap_tiny
+from face_swap_helpers import LiveServer, count_frames, post_process, settings_for, stream_types
+from model_servers.face_swap.app import create_app
+from model_servers.face_swap.media import probe_video
+
+
+def test_lite_image_swap_in_requested_formats(lite_server, photos):
+    status, events, files = post_process(
+        lite_server.url, photos["hopper"], photos["astronaut"], {"output_formats": ["png", "webp"]}
+    )
+    assert status == 200
+    (kind, result), = [e for e in events if e[0] == "result"]
+    assert [o["name"] for o in result["outputs"]] == ["output.png", "output.webp"]
+    assert [o["role"] for o in result["outputs"]] == ["main", "extra"]
+    meta = result["metadata"]
+    assert meta["faces_detected"] == 1 and meta["frames_processed"] == 1 and meta["engine"] == "lite"
+    assert result["processing_time"] > 0
+    out = cv2.imread(str(files["output.png"]))
+    original = cv2.imread(str(photos["astronaut"]))
+    assert out.shape == original.shape and (out != original).any()
+    assert cv2.imread(str(files["output.webp"])).shape == original.shape
+    assert files["output.png"].stat().st_size == result["outputs"][0]["size"]
+
+
+def test_resolution_fits_inside_the_box(lite_server, photos):
+    status, events, files = post_process(lite_server.url, photos["hopper"], photos["astronaut"], {"resolution": "256x200"})
+    assert status == 200
+    assert cv2.imread(str(files["output.png"])).shape[:2] == (200, 200)  # 512x512 fitted into 256x200
+
+
+def test_video_with_audio_keeps_frames_fps_and_audio(lite_server, photos, clips, tools):
+    status, events, files = post_process(
+        lite_server.url, photos["astronaut"], clips["audio"], {"keep_fps": True, "output_formats": ["mp4", "gif", "webp"]}
+    )
+    assert status == 200, events
+    progress = [v for k, v in events if k == "progress"]
+    assert len(progress) >= 3  # 50 frames, a report every 10
+    assert [p["percent"] for p in progress] == sorted(p["percent"] for p in progress)
+    (_, result), = [e for e in events if e[0] == "result"]
+    meta = result["metadata"]
+    out = files["output.mp4"]
+    assert count_frames(tools, out) == count_frames(tools, clips["audio"]) == meta["frames_processed"] == 50
+    info = probe_video(out, tools)
+    assert abs(info.fps - 25) < 0.01 and meta["fps"] == 25
+    assert stream_types(tools, out) == ["video", "audio"] and meta["audio"] is True
+    assert meta["faces_detected"] == 1 and abs(meta["duration_seconds"] - 2.0) < 0.05
+    assert files["preview.gif"].read_bytes()[:6] == b"GIF89a"
+    assert files["preview.webp"].read_bytes()[8:12] == b"WEBP"
+    # The swap really happened in the frames (not a pass-through).
+    first_in = _first_frame(tools, clips["audio"])
+    first_out = _first_frame(tools, out)
+    assert abs(first_in.astype(int) - first_out).mean() > 1
+
+
+def _first_frame(tools, path):
+    raw = subprocess.run(
+        [tools.ffmpeg, "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    import numpy as np
+
+    return np.frombuffer(raw, np.uint8).reshape(256, 256, 3)
+
+
+def test_video_without_audio_gives_a_silent_video_at_30fps(lite_server, photos, clips, tools):
+    status, events, files = post_process(lite_server.url, photos["astronaut"], clips["silent"], {"keep_fps": False})
+    assert status == 200, events
+    out = files["output.mp4"]
+    assert stream_types(tools, out) == ["video"]
+    info = probe_video(out, tools)
+    assert abs(info.fps - 30) < 0.01
+    assert abs(count_frames(tools, out) - 36) <= 1  # 1.2 s at 30 fps (the source was 24 fps)
+    (_, result), = [e for e in events if e[0] == "result"]
+    assert result["metadata"]["audio"] is False
+
+
+def test_too_long_is_refused_before_processing(lite_server, photos, clips):
+    status, body, _ = post_process(lite_server.url, photos["astronaut"], clips["long"])
+    assert status == 422 and body["error"]["code"] == "video_too_long"  # 4 s against a 3 s limit
+
+
+def test_too_big_is_refused_while_uploading(insight_server, tmp_path, photos):
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * (3 << 20))  # the server's cap is 1 MB per file
+    status, body, _ = post_process(insight_server.url, photos["hopper"], big)
+    assert status == 413 and body["error"]["code"] == "input_too_large"
+
+
+@pytest.mark.parametrize(
+    "content,code",
+    [
+        (b"hello, this is not an image", "unsupported_media"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 200, "invalid_media"),  # a JPEG header, then garbage
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "invalid_media"),
+        (b"", "invalid_media"),
+    ],
+)
+def test_bad_target_gets_a_clear_code(lite_server, tmp_path, photos, content, code):
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(content)
+    status, body, _ = post_process(lite_server.url, photos["hopper"], bad)
+    assert status == 422 and body["error"]["code"] == code
+
+
+def test_no_face_in_source_or_target(lite_server, photos):
+    status, body, _ = post_process(lite_server.url, photos["noface"], photos["astronaut"])
+    assert status == 422 and body["error"]["code"] == "no_source_face"
+    status, body, _ = post_process(lite_server.url, photos["hopper"], photos["noface"])
+    assert status == 422 and body["error"]["code"] == "no_target_face"
+
+
+def test_video_as_source_and_bad_requests(lite_server, photos, clips):
+    status, body, _ = post_process(lite_server.url, clips["silent"], photos["astronaut"])
+    assert status == 422 and body["error"]["code"] == "unsupported_media"
+    status, body, _ = post_process(lite_server.url, photos["hopper"], photos["astronaut"], {"video_quality": 101})
+    assert status == 422 and body["error"]["code"] == "invalid_options"
+    r = httpx.post(lite_server.url + "/process", json={"source_url": "x"}, trust_env=False)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+    with open(photos["hopper"], "rb") as fh:
+        r = httpx.post(lite_server.url + "/process", files={"source": ("s", fh)}, trust_env=False)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "missing_file"
+
+
+def test_insightface_server_end_to_end_on_tiny_models(insight_server, tmp_path):
+    src, tgt = tmp_path / "s.png", tmp_path / "t.jpg"
+    cv2.imwrite(str(src), face_swap_tiny.face_canvas([(8, 8, (230, 200, 180))]))
+    cv2.imwrite(str(tgt), face_swap_tiny.face_canvas([(4, 4, (245, 245, 245)), (14, 12, (205, 205, 205))]))
+    status, events, files = post_process(insight_server.url, src, tgt, {"many_faces": True, "face_enhancer": True})
+    assert status == 200, events
+    (_, result), = [e for e in events if e[0] == "result"]
+    assert result["metadata"]["faces_detected"] == 2 and result["metadata"]["face_enhanced"] is True
+    assert list(files) == ["output.jpg"]  # the target's own format by default
+    health = httpx.get(insight_server.url + "/health", trust_env=False).json()
+    assert health["status"] == "healthy" and health["model_loaded"] is True
+    assert health["capacity"] == 1 and health["in_flight"] == 0 and health["device"] == "cpu"
+
+
+def test_missing_models_unhealthy_and_503(tmp_path, photos):
+    with LiveServer(create_app(settings_for(tmp_path))) as server:
+        health = httpx.get(server.url + "/health", trust_env=False).json()
+        assert health["status"] == "unhealthy" and "models missing" in health["message"]
+        assert health["model_loaded"] is False and health["models_directory"] == str(tmp_path)
+        status, body, _ = post_process(server.url, photos["hopper"], photos["astronaut"])
+        assert status == 503 and body["error"]["code"] == "model_unavailable"

@@ -1,0 +1,117 @@
+"""The GPU slot limit and cancellation, with an engine whose frames we can hold and release."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from face_swap_helpers import LiveServer, post_process, settings_for
+from model_servers.face_swap.app import create_app
+
+
+class GateEngine:
+    """Swaps nothing; each frame waits on ``gate`` (or sleeps ``frame_s``) and is counted."""
+
+    name, device = "gate", "cpu"
+
+    def __init__(self, frame_s: float = 0.0) -> None:
+        self.gate = threading.Event()
+        self.frame_s = frame_s
+        self.lock = threading.Lock()
+        self.running = self.max_running = self.frames = 0
+
+    def load(self) -> str:
+        return "gate ready"
+
+    def start(self, source, options, *, video):
+        return self
+
+    enhanced = False
+
+    def swap(self, frame):
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            if self.frame_s:
+                time.sleep(self.frame_s)
+            else:
+                self.gate.wait(30)
+            with self.lock:
+                self.frames += 1
+        finally:
+            with self.lock:
+                self.running -= 1
+        return frame, 1
+
+
+def health(url):
+    return httpx.get(url + "/health", trust_env=False).json()
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_requests_queue_for_the_slot_instead_of_oversubscribing(tmp_path, photos):
+    engine = GateEngine()
+    app = create_app(settings_for(tmp_path, gpu_slots=1), engine=engine)
+    with LiveServer(app) as server:
+        results = []
+        threads = [
+            threading.Thread(target=lambda: results.append(post_process(server.url, photos["hopper"], photos["astronaut"])))
+            for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        assert wait_for(lambda: health(server.url)["in_flight"] == 3)
+        h = health(server.url)
+        assert h["capacity"] == 1
+        time.sleep(0.3)
+        assert engine.max_running == 1  # two wait for the device, one runs
+        engine.gate.set()
+        for t in threads:
+            t.join(30)
+        assert [r[0] for r in results] == [200, 200, 200]
+        assert engine.max_running == 1
+        assert health(server.url)["in_flight"] == 0
+
+
+def test_two_slots_run_two_jobs_at_once(tmp_path, photos):
+    engine = GateEngine()
+    with LiveServer(create_app(settings_for(tmp_path, gpu_slots=2), engine=engine)) as server:
+        threads = [
+            threading.Thread(target=post_process, args=(server.url, photos["hopper"], photos["astronaut"]))
+            for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        assert wait_for(lambda: engine.running == 2)
+        time.sleep(0.2)
+        assert engine.max_running == 2
+        engine.gate.set()
+        for t in threads:
+            t.join(30)
+
+
+def test_a_client_that_goes_away_stops_the_job_and_frees_the_slot(tmp_path, photos, clips):
+    engine = GateEngine(frame_s=0.05)  # 50 frames would take 2.5 s
+    settings = settings_for(tmp_path, progress_every_frames=2, batch_frames=2)
+    with LiveServer(create_app(settings, engine=engine)) as server:
+        with open(photos["hopper"], "rb") as s, open(clips["audio"], "rb") as t:
+            with httpx.Client(timeout=30, trust_env=False) as client:
+                with client.stream("POST", server.url + "/process", files={"source": s, "target": t}) as resp:
+                    assert resp.status_code == 200
+                    next(resp.iter_bytes())  # the first progress part: the job is running
+        assert wait_for(lambda: health(server.url)["in_flight"] == 0, timeout=5)
+        stopped_at = engine.frames
+        assert stopped_at < 50
+        time.sleep(0.3)
+        assert engine.frames == stopped_at  # nothing runs on after the stop
