@@ -48,6 +48,10 @@ class CircuitBreaker:
         return CircuitState.OPEN
 
     @property
+    def failures(self) -> int:
+        return self._failures
+
+    @property
     def closed(self) -> bool:
         return self._opened_at is None
 

@@ -67,9 +67,11 @@ def _connect_retry_transport(transport: httpx.AsyncBaseTransport | None) -> http
         total=2,
         backoff_factor=0.1,
         allowed_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
-        status_forcelist=[],
         retry_on_exceptions=[httpx.ConnectError, httpx.ConnectTimeout],
     )
+    # httpx-retries 0.6 reads an empty status_forcelist as "use the defaults" (429, 502, 503, 504),
+    # which would resend every 503 here under tenacity's own tries: no status is retried here.
+    retry.status_forcelist = frozenset()
     return RetryTransport(transport=transport or httpx.AsyncHTTPTransport(), retry=retry)
 
 
@@ -170,9 +172,11 @@ class ModelServerPool:
             others_in_flight=max(0, reported - max(in_flight_before, ep.in_flight)),
             checked_at=time.monotonic(),
         )
-        # A server that answers /health is reachable: that closes a half-open circuit even when it
-        # reports "loading" (it will not get calls until it reports healthy).
-        ep.breaker.record_success()
+        # A /health answer is the half-open probe: it closes the circuit (a "loading" server still
+        # gets no calls until it reports healthy). It does not wipe the failure count of a closed
+        # circuit, though: a server can say "healthy" and answer every call 503.
+        if not ep.breaker.closed:
+            ep.breaker.record_success()
         self._observe_circuit(ep)
 
     def _observe_circuit(self, ep: Endpoint) -> None:
@@ -206,7 +210,8 @@ class ModelServerPool:
         if not usable:
             states = ", ".join(f"{ep.url}: {ep.health.status} ({ep.health.message})" for ep in self.endpoints)
             raise _Outage(f"no healthy {self.kind} model server ({states})")
-        return min(usable, key=Endpoint.load)
+        # Ties go to the server with fewer recent failures, so a retry moves off a flaky one.
+        return min(usable, key=lambda ep: (ep.load(), ep.breaker.failures))
 
 
 def _error_from(response: httpx.Response, kind: str) -> tuple[str, str]:
