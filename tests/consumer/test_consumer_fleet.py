@@ -44,3 +44,240 @@ async def test_echo_end_to_end(stack, log_dir):
         assert failed["status"] == "FAILED"
         assert failed["error"]["code"] == "echo_retryable"
         assert failed["attempts"] == 2  # retried up to max_attempts
+
+
+def fake_env(*servers, **extra):
+    env = {
+        "TASKFLEET_WORKFLOWS": "fake_model",
+        "TASKFLEET_MODEL_SERVER_URLS": {"fake": [s.url for s in servers]},
+    }
+    env.update(extra)
+    return env
+
+
+def outcomes(task: dict) -> list[str | None]:
+    return [entry["outcome"] for entry in task["history"]]
+
+
+async def test_plugin_workflow_end_to_end(stack, fake_servers):
+    """fake_model comes from a separately installed package (entry points only), runs on a fake
+    model server, and its output exists in storage under {workflow}/{task_id}/{name}."""
+    server = fake_servers()
+    stack.consumer(**fake_env(server))
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("fake_model", {"text": "hello"})
+        done = await client.wait(task["task_id"], timeout=30)
+    assert done["status"] == "COMPLETED", stack.logs()
+    out = done["output"]
+    assert out["text"] == "hello" and out["attempt"] == 1
+    stored = Path(out["result_storage_url"].removeprefix("file://"))
+    assert stored == stack.storage_root / "fake_model" / task["task_id"] / "result.json"
+    assert stored.exists()
+    assert httpx.get(out["result_url"]).json()["fields"]["text"] == "hello"  # served by the API
+    assert server.stats()["completed"] == 1
+
+
+async def test_input_uploaded_to_api_reaches_model_server(stack, fake_servers, tmp_path):
+    server = fake_servers()
+    stack.consumer(**fake_env(server))
+    src = tmp_path / "face.bin"
+    src.write_bytes(b"\x89PNG not really" * 1000)
+    async with ProducerClient(stack.url) as client:
+        url = await client.upload(str(src))
+        task = await client.submit("fake_model", {"text": "x", "source_url": url})
+        done = await client.wait(task["task_id"], timeout=30)
+    assert done["status"] == "COMPLETED", stack.logs()
+    assert done["output"]["files"]["source"]["size"] == src.stat().st_size
+
+
+async def test_fetches_no_more_than_model_capacity(stack, fake_servers):
+    """Capacity 1, concurrency 4: never more than one task leased at a time."""
+    server = fake_servers(capacity=1)
+    stack.consumer(**fake_env(server, TASKFLEET_CONCURRENCY=4))
+    async with ProducerClient(stack.url) as client:
+        ids = [(await client.submit("fake_model", {"sleep_s": 0.4}))["task_id"] for _ in range(4)]
+        max_processing = 0
+        while True:
+            listing = await client.list(status="PROCESSING", limit=100)
+            max_processing = max(max_processing, len(listing["items"]))
+            tasks = [await client.get(i) for i in ids]
+            if all(t["status"] == "COMPLETED" for t in tasks):
+                break
+            assert not any(t["status"] == "FAILED" for t in tasks), stack.logs()
+            await asyncio.sleep(0.05)
+    assert max_processing == 1
+    assert server.stats()["max_concurrent"] == 1
+
+
+async def test_model_server_outage_releases_tasks_and_none_fail(stack, fake_servers):
+    """The server dies under in-flight calls and stays down a while: the leased tasks are released
+    (attempt not counted), nothing more is leased while it is down, all complete once it is back."""
+    server = fake_servers()
+    server.control(delay_s=2)
+    consumer = stack.consumer(**fake_env(server, TASKFLEET_CONCURRENCY=3))
+    async with ProducerClient(stack.url) as client:
+        ids = [(await client.submit("fake_model", {"text": str(i)}, max_attempts=1))["task_id"] for i in range(3)]
+        await wait_status(client, ids[0], {"PROCESSING"})
+        while server.stats()["active"] == 0:
+            await asyncio.sleep(0.05)
+        server.stop()  # mid-call: the consumer's connection drops
+        await asyncio.sleep(3)
+        for task_id in ids:
+            task = await client.get(task_id)
+            assert task["status"] == "PENDING" and task["attempts"] == 0, task
+        assert "released" in outcomes(await client.get(ids[0]))
+        server.start()
+        done = [await client.wait(i, timeout=30) for i in ids]
+        details = [await client.get(i) for i in ids]
+    assert [t["status"] for t in done] == ["COMPLETED"] * 3, stack.logs()
+    for t in details:
+        assert t["attempts"] == 1  # max_attempts=1: any counted failure would have been final
+        assert set(outcomes(t)) <= {"released", "completed"}, t["history"]
+    metrics = httpx.get(consumer.metrics_url).text
+    assert 'outcome="released",workflow="fake_model"}' in metrics
+    assert 'outcome="failed",workflow="fake_model"}' not in metrics
+
+
+async def test_model_server_answering_503_releases_not_fails(stack, fake_servers):
+    server = fake_servers()
+    server.control("503")
+    stack.consumer(**fake_env(server))
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("fake_model", {"text": "x"}, max_attempts=1)
+        deadline = time.monotonic() + 15
+        while server.stats()["calls"] < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        detail = await client.get(task["task_id"])
+        assert detail["status"] in ("PENDING", "PROCESSING") and detail["attempts"] == 0, detail
+        assert "released" in outcomes(detail), detail
+        server.control("ok")
+        done = await client.wait(task["task_id"], timeout=30)
+    assert done["status"] == "COMPLETED", stack.logs()
+
+
+async def test_4xx_from_model_server_fails_task_with_its_code(stack, fake_servers):
+    server = fake_servers()
+    server.control("4xx")
+    stack.consumer(**fake_env(server))
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("fake_model", {"text": "x"})
+        done = await client.wait(task["task_id"], timeout=30)
+    assert done["status"] == "FAILED"
+    assert done["error"]["code"] == "no_face"
+    assert done["attempts"] == 1
+
+
+async def test_sigkill_mid_task_completes_once_through_another_consumer(stack):
+    victim = stack.consumer("victim")
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("echo", {"data": "survives", "sleep_s": 1.5})
+        await wait_status(client, task["task_id"], {"PROCESSING"})
+        victim.signal(signal.SIGKILL)
+        victim.wait()
+        stack.consumer("rescuer")
+        done = await client.wait(task["task_id"], timeout=30)
+        detail = await client.get(task["task_id"])
+    assert done["status"] == "COMPLETED", stack.logs()
+    assert done["output"] == {"data": "survives"}
+    assert done["consumer_id"] == "rescuer"
+    assert outcomes(detail).count("completed") == 1
+    assert outcomes(detail)[0] == "lease_expired"
+    assert [h["consumer_id"] for h in detail["history"]] == ["victim", "rescuer"]
+
+
+async def test_sigterm_drains_in_flight_work_then_exits_0(stack):
+    consumer = stack.consumer()
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("echo", {"data": 7, "sleep_s": 1.5})
+        await wait_status(client, task["task_id"], {"PROCESSING"})
+        queued = await client.submit("echo", {"data": 8}, priority=-1)
+        consumer.signal(signal.SIGTERM)
+        assert consumer.wait(30) == 0, stack.logs()
+        done = await client.get(task["task_id"])
+        assert done["status"] == "COMPLETED" and done["output"] == {"data": 7}
+        # Nothing new was fetched after the signal... unless it was taken before it; either way
+        # nothing is left leased to the stopped consumer.
+        later = await client.get(queued["task_id"])
+        assert later["status"] in ("PENDING", "COMPLETED")
+
+
+async def test_sigterm_releases_what_does_not_finish_within_grace(stack):
+    consumer = stack.consumer(TASKFLEET_SHUTDOWN_GRACE_S=0.5)
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("echo", {"data": 1, "sleep_s": 30})
+        await wait_status(client, task["task_id"], {"PROCESSING"})
+        consumer.signal(signal.SIGTERM)
+        assert consumer.wait(30) == 0, stack.logs()
+        detail = await client.get(task["task_id"])
+    assert detail["status"] == "PENDING" and detail["attempts"] == 0, detail
+    assert outcomes(detail) == ["released"]
+    assert list(stack.work_root.iterdir()) == []  # its temp directory is gone too
+
+
+async def test_cancel_mid_task(stack):
+    stack.consumer(TASKFLEET_CONCURRENCY=1)
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("echo", {"data": 1, "sleep_s": 60})
+        await wait_status(client, task["task_id"], {"PROCESSING"})
+        await client.cancel(task["task_id"])
+        cancelled = await wait_status(client, task["task_id"], {"CANCELLED", "COMPLETED", "FAILED"}, timeout=10)
+        assert cancelled["status"] == "CANCELLED"
+        # The one slot is free again: the processor really stopped.
+        follow = await client.submit("echo", {"data": 2})
+        assert (await client.wait(follow["task_id"], timeout=15))["status"] == "COMPLETED", stack.logs()
+    assert list(stack.work_root.iterdir()) == []
+
+
+async def test_timeout_s_enforced(stack):
+    stack.consumer(TASKFLEET_CONCURRENCY=1)
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("echo", {"data": 1, "sleep_s": 60}, timeout_s=1, max_attempts=1)
+        done = await client.wait(task["task_id"], timeout=20)
+        follow = await client.submit("echo", {"data": 2})
+        assert (await client.wait(follow["task_id"], timeout=15))["status"] == "COMPLETED"
+    assert done["status"] == "FAILED"
+    assert done["error"]["code"] == "timed_out"
+
+
+@pytest.mark.parametrize(
+    "url,code",
+    [
+        ("http://169.254.169.254/latest/meta-data/", "url_private_address"),
+        ("http://[::ffff:127.0.0.1]:8000/", "url_private_address"),
+        ("file:///etc/passwd", "url_outside_storage_root"),
+        ("gopher://example.com/", "url_scheme_not_allowed"),
+    ],
+)
+async def test_ssrf_inputs_fail_the_task_with_a_clear_code(stack, fake_servers, url, code):
+    server = fake_servers()
+    stack.consumer(**fake_env(server))
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("fake_model", {"source_url": url})
+        done = await client.wait(task["task_id"], timeout=30)
+    assert done["status"] == "FAILED", stack.logs()
+    assert done["error"]["code"] == code
+    assert done["attempts"] == 1
+    assert server.stats()["calls"] == 0
+
+
+async def test_metrics_endpoint(stack):
+    consumer = stack.consumer()
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("echo", {"data": 1})
+        await client.wait(task["task_id"], timeout=20)
+    text = httpx.get(consumer.metrics_url).text
+    assert 'taskfleet_consumer_tasks_total{outcome="completed",workflow="echo"} 1.0' in text
+    assert 'taskfleet_consumer_in_flight{workflow="echo"} 0.0' in text
+
+
+async def test_logs_are_json_with_task_id(stack):
+    consumer = stack.consumer()
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("echo", {"data": 1, "fail": "fatal"})
+        await client.wait(task["task_id"], timeout=20)
+    import json
+
+    records = [json.loads(line) for line in consumer.log_text().splitlines() if line.startswith("{")]
+    mine = [r for r in records if r.get("task_id") == task["task_id"]]
+    assert any(r["msg"].startswith("task failed") for r in mine), consumer.log_text()
