@@ -60,6 +60,12 @@ async def test_real_speech_with_sentence_timings(espeak, tmp_path):
         gap = samples[int(s.end_s * rate) + 10 : int(nxt.start_s * rate) - 10]
         span = samples[int(s.start_s * rate) : int(s.end_s * rate)]
         assert np.abs(gap).max(initial=0) < 1e-3 and np.abs(span).max() > 0.1
+    # Every sentence is levelled to the same loudness (-20 dBFS RMS over its voiced frames).
+    for s in meta.sentences:
+        span = samples[int(s.start_s * rate) : int(s.end_s * rate)]
+        frames = np.sqrt(np.mean(span[: span.size // frame * frame].reshape(-1, frame) ** 2, axis=1))
+        voiced = frames[frames > 0.1 * frames.max()]
+        assert abs(20 * np.log10(np.sqrt(np.mean(voiced**2))) + 20) < 1.0
     check_srt_tiles(meta.srt, meta.duration_s, texts)
 
 
