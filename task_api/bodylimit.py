@@ -37,28 +37,36 @@ class BodyLimitMiddleware:
                     await _reject(send, 413, "payload_too_large", f"request body is over {limit} bytes")
                     return
         received = 0
-        started = False
+        exceeded = False
+        rejected = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    exceeded = True
                     raise _TooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+        async def guarded_send(message: Message) -> None:
+            # Whatever the app made of the interrupted body (FastAPI turns it into a 400),
+            # the caller gets the 413 that explains it.
+            nonlocal rejected
+            if exceeded:
+                if not rejected:
+                    rejected = True
+                    await _reject(send, 413, "payload_too_large", f"request body is over {limit} bytes")
+                return
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except _TooLarge:
-            if not started:
-                await _reject(send, 413, "payload_too_large", f"request body is over {limit} bytes")
+            pass
+        if exceeded and not rejected:
+            await _reject(send, 413, "payload_too_large", f"request body is over {limit} bytes")
 
 
 async def _reject(send: Send, status: int, code: str, message: str) -> None:

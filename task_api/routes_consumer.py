@@ -49,7 +49,7 @@ def consumer_router(svc: Services) -> APIRouter:
         consumer_id: str = Query("anonymous", min_length=1, max_length=200),
         host: Optional[str] = Query(None, max_length=255),
         limit: int = Query(1, ge=1, le=100),
-        wait_s: float = Query(20.0, ge=0, le=svc.settings.max_wait_s),
+        wait_s: float = Query(min(20.0, svc.settings.max_wait_s), ge=0, le=svc.settings.max_wait_s),
     ) -> Response:
         for name in workflow:
             svc.workflows.get(name)  # an unknown workflow is a 422, not an endless empty wait

@@ -97,7 +97,7 @@ def producer_router(svc: Services) -> APIRouter:
     async def process(
         route: str,
         fields: dict[str, Any] = Body(...),
-        wait_s: float = Query(120.0, ge=0, le=svc.settings.max_process_wait_s),
+        wait_s: float = Query(min(120.0, svc.settings.max_process_wait_s), ge=0, le=svc.settings.max_process_wait_s),
     ) -> JSONResponse:
         workflow = svc.workflows.by_alias(route)
         row, _ = await submit(

@@ -1,0 +1,112 @@
+"""Test support shared by every area: free ports, fresh Postgres databases, real server processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+PG_ADMIN_URL = os.environ.get("TASKFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty database on the test server; dropped afterwards."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"tf_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def wait_http(url: str, timeout_s: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1, trust_env=False).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+class ServerProcess:
+    """A real server started as ``python -m MODULE`` in its own process group."""
+
+    def __init__(self, module: str, args: list[str], env: dict[str, str], health_path: str, port: int) -> None:
+        self.module, self.args, self.env, self.health_path, self.port = module, args, env, health_path, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 30.0) -> "ServerProcess":
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module, *self.args], env=env, cwd=ROOT, start_new_session=True
+        )
+        wait_http(self.url + self.health_path, timeout_s, self.process)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as in a crash."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def terminate(self, timeout_s: float = 20.0) -> int:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode if self.process else 0
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+
+def api_process(database_url: str, tmp_path: Path, port: int | None = None, **env: str) -> ServerProcess:
+    port = port or free_port()
+    base = {
+        "TASKFLEET_DATABASE_URL": database_url,
+        "TASKFLEET_STORAGE_URL": f"file://{tmp_path / 'storage'}",
+        "TASKFLEET_LOG_LEVEL": "warning",
+    }
+    base.update({k: str(v) for k, v in env.items()})
+    return ServerProcess("task_api", ["--host", "127.0.0.1", "--port", str(port)], base, "/ready", port)
