@@ -43,6 +43,8 @@ def _cloud_env() -> Iterator[None]:
         mp.setenv("AWS_ACCESS_KEY_ID", "testing")
         mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        # No probing for a GCE metadata server that is not there (it costs seconds per client).
+        mp.setenv("NO_GCE_CHECK", "true")
         for name in (
             "AWS_PROFILE",
             "AWS_SESSION_TOKEN",

@@ -115,6 +115,7 @@ class Fault:
     times: int
     cut_after: int | None = None  # or: forward, but drop the connection after this many body bytes
     query: re.Pattern[str] | None = None
+    skip: int = 0  # let this many matching requests through first
     hits: int = 0
 
 
@@ -154,8 +155,9 @@ class FaultProxy:
         times: int = 1,
         cut_after: int | None = None,
         query: str | None = None,
+        skip: int = 0,
     ) -> Fault:
-        rule = Fault(method, re.compile(path), status, times, cut_after, re.compile(query) if query else None)
+        rule = Fault(method, re.compile(path), status, times, cut_after, re.compile(query) if query else None, skip)
         with self._lock:
             self.faults.append(rule)
         return rule
@@ -187,6 +189,9 @@ class FaultProxy:
                     and rule.path.search(path)
                     and (rule.query is None or rule.query.search(query))
                 ):
+                    if rule.skip:
+                        rule.skip -= 1
+                        continue
                     rule.hits += 1
                     return rule
         return None

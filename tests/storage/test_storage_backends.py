@@ -152,11 +152,12 @@ async def test_delete_is_idempotent(store: Storage) -> None:
     await store.delete(key)
 
 
-@pytest.mark.parametrize("bad", ["", "/abs", "a/../b", "a//b", "./a", "a\\b", "a/\x00", "x/"])
-async def test_invalid_keys_refused(store: Storage, bad: str) -> None:
-    with pytest.raises(StorageError) as info:
-        await store.put_bytes(bad, b"x")
-    assert info.value.code == "invalid_key"
+async def test_invalid_keys_refused(store: Storage) -> None:
+    for bad in ["", "/abs", "a/../b", "a//b", "./a", "a\\b", "a/\x00", "x/", "../../etc/passwd"]:
+        for call in (store.put_bytes(bad, b"x"), store.get_bytes(bad), store.url_for(bad)):
+            with pytest.raises(StorageError) as info:
+                await call
+            assert info.value.code == "invalid_key", bad
 
 
 def test_foreign_urls_are_not_ours(store: Storage) -> None:
