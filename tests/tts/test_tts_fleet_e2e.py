@@ -10,9 +10,7 @@ import httpx
 import pytest
 
 from model_servers.tts.subtitles import parse_srt
-from support import ServerProcess, api_process, free_port
-
-from tts_helpers import check_srt_tiles
+from tts_helpers import Process, check_srt_tiles, free_port, tts_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -21,29 +19,29 @@ TEXT = "The fleet is up. Every sentence gets its own subtitle! Is that not neat?
 
 @pytest.fixture
 def fleet(tmp_path):
-    storage = tmp_path / "storage"
-    tts_port, metrics_port = free_port(), free_port()
-    tts = ServerProcess(
-        "model_servers.tts", ["--host", "127.0.0.1", "--port", str(tts_port)],
-        {"TASKFLEET_TTS_ENGINE": "espeak"}, "/health", tts_port,
+    storage, work = tmp_path / "storage", tmp_path / "work"
+    work.mkdir()
+    api_port, metrics_port = free_port(), free_port()
+    api = Process(
+        "task_api", ["--host", "127.0.0.1", "--port", str(api_port)],
+        {"TASKFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'tasks.db'}", "TASKFLEET_STORAGE_URL": storage.as_uri()},
+        f"http://127.0.0.1:{api_port}/ready", tmp_path / "api.log",
     )
-    api = api_process(f"sqlite:///{tmp_path / 'tasks.db'}", tmp_path)
-    with tts, api:
-        consumer = ServerProcess(
+    with tts_server(tmp_path) as tts, api:
+        consumer = Process(
             "consumer", [],
             {
                 "TASKFLEET_API_URL": api.url,
                 "TASKFLEET_WORKFLOWS": "tts",
                 "TASKFLEET_TTS_URLS": tts.url,
                 "TASKFLEET_STORAGE_URL": storage.as_uri(),
-                "TASKFLEET_WORK_DIR": str(tmp_path / "work"),
+                "TASKFLEET_WORK_DIR": str(work),
                 "TASKFLEET_METRICS_PORT": str(metrics_port),
                 "TASKFLEET_FETCH_WAIT_S": "1",
                 "TASKFLEET_LOG_FORMAT": "text",
             },
-            "/metrics", metrics_port,
+            f"http://127.0.0.1:{metrics_port}/metrics", tmp_path / "consumer.log",
         )
-        (tmp_path / "work").mkdir()
         with consumer:
             yield api
 

@@ -14,26 +14,18 @@ from consumer.errors import ModelServerUnavailable
 from consumer.model_client import ModelServerPool
 from consumer.processors.tts import process
 from model_servers.tts.subtitles import parse_srt
-from support import ServerProcess, free_port
 from taskfleet.errors import TaskfleetError
 from taskfleet.workflows import WorkflowRegistry
 from taskfleet.workflows.tts import TTS, TtsOutput
 
-from tts_helpers import check_srt_tiles
+from tts_helpers import check_srt_tiles, tts_server
 
 TEXT = "Good morning. The fleet turns text into speech! Does it keep the timings?"
 
 
-def tts_server(**env: str) -> ServerProcess:
-    port = free_port()
-    base = {"TASKFLEET_TTS_ENGINE": "espeak"}
-    base.update(env)
-    return ServerProcess("model_servers.tts", ["--host", "127.0.0.1", "--port", str(port)], base, "/health", port)
-
-
 @pytest.fixture(scope="module")
-def server():
-    with tts_server() as s:
+def server(tmp_path_factory):
+    with tts_server(tmp_path_factory.mktemp("logs")) as s:
         yield s
 
 
@@ -134,7 +126,7 @@ async def test_unknown_voice_fails_without_retry(server, tmp_path):
 
 
 async def test_a_server_without_voices_releases_the_task(tmp_path):
-    with tts_server(TASKFLEET_TTS_ENGINE="piper", TASKFLEET_VOICES_DIR=str(tmp_path / "no-voices")) as s:
+    with tts_server(tmp_path, TASKFLEET_TTS_ENGINE="piper", TASKFLEET_VOICES_DIR=str(tmp_path / "no-voices")) as s:
         ctx = make_ctx(tmp_path, s.url, {"text": "Hi."})
         with pytest.raises(ModelServerUnavailable):
             await process(ctx)

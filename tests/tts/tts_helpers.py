@@ -5,6 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import wave
 from pathlib import Path
 from typing import AsyncIterator
@@ -15,6 +21,8 @@ import numpy as np
 from model_servers.tts.app import create_app
 from model_servers.tts.settings import TtsSettings
 from model_servers.tts.wire import TtsResult, read_tts_response
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager
@@ -69,3 +77,60 @@ def check_srt_tiles(srt: str, duration_s: float, sentences: list[str]) -> None:
         assert s1 - e0 <= 0.001, "a gap between cues"
     said = " ".join(t.replace("\n", " ") for _, _, t in cues)
     assert said == " ".join(sentences)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """``python -m MODULE ARGS`` with extra env, in its own process group, ready once ``ready_url`` answers."""
+
+    def __init__(self, module: str, args: list[str], env: dict[str, str], ready_url: str, log_path: Path) -> None:
+        self.module, self.args, self.env, self.ready_url, self.log_path = module, args, env, ready_url, log_path
+        self.url = ready_url.rsplit("/", 1)[0]
+        self.popen: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Process":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLEET_")}
+        env.update(self.env, PYTHONUNBUFFERED="1")
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", self.module, *self.args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {self.popen.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.ready_url, timeout=1, trust_env=False).status_code < 500:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.__exit__()
+        raise TimeoutError(f"{self.ready_url} did not answer:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def __exit__(self, *exc: object) -> None:
+        if self.popen and self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+def tts_server(log_dir: Path, **env: str) -> Process:
+    port = free_port()
+    return Process(
+        "model_servers.tts", ["--host", "127.0.0.1", "--port", str(port)],
+        {"TASKFLEET_TTS_ENGINE": "espeak", **env}, f"http://127.0.0.1:{port}/health", log_dir / f"tts-{port}.log",
+    )
