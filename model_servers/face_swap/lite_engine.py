@@ -22,8 +22,10 @@ from model_servers.face_swap.settings import FaceSwapSettings
 from taskfleet.workflows.face_swap import FaceSwapOptions
 
 IMAGE_DETECT_SIDE = 512  # detection runs on a downscaled grey copy; bigger finds smaller faces
-VIDEO_DETECT_SIDE = 320
+VIDEO_DETECT_SIDE = 400
 VIDEO_DETECT_EVERY = 3  # frames between detections in a video; boxes are carried over in between
+VIDEO_FULL_EVERY = 30  # between full-frame scans a video is searched only around the known faces
+TRACK_SIDE = 96  # a known face is re-found at about this size, in a window around its last box
 
 
 def _cascade():
@@ -33,18 +35,29 @@ def _cascade():
     return Cascade(data.lbp_frontal_face_cascade_filename())
 
 
-def detect_faces(cascade, image: np.ndarray, max_side: int) -> list[tuple[int, int, int, int]]:
-    """Face boxes (x, y, w, h) in ``image`` coordinates, largest first."""
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    scale = min(1.0, max_side / max(grey.shape))
-    if scale < 1.0:
+def detect_faces(
+    cascade, image: np.ndarray, max_side: int, *, scale: float | None = None, sizes: tuple[int, int] | None = None
+) -> list[tuple[int, int, int, int]]:
+    """Face boxes (x, y, w, h) in ``image`` coordinates, largest first.
+
+    ``scale`` resizes the image before the scan (default: longest side to ``max_side``); ``sizes``
+    bounds the face side in scanned pixels. Fewer scales make the scan much faster.
+    """
+    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if scale is None:
+        scale = min(1.0, max_side / max(grey.shape))
+    if scale != 1.0:
         grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    lo, hi = sizes or (24, min(grey.shape))
+    lo, hi = max(20, lo), min(hi, min(grey.shape))
+    if hi < lo:
+        return []
     found = cascade.detect_multi_scale(
         img=grey,
         scale_factor=1.15,
         step_ratio=1,
-        min_size=(24, 24),
-        max_size=grey.shape,
+        min_size=(lo, lo),
+        max_size=(hi, hi),
         min_neighbor_number=8,  # 4 (the default) finds patches of the astronaut's suit
     )
     boxes = [
@@ -110,7 +123,10 @@ class LiteSwapper:
         if not self.video:
             return detect_faces(self.cascade, frame, IMAGE_DETECT_SIDE)
         if self.frame_index % VIDEO_DETECT_EVERY == 0:
-            found = detect_faces(self.cascade, frame, VIDEO_DETECT_SIDE)
+            if self.boxes and self.frame_index % VIDEO_FULL_EVERY != 0:
+                found = self._track(frame)
+            else:
+                found = detect_faces(self.cascade, frame, VIDEO_DETECT_SIDE)
             # Steady the boxes between detections: a matched box moves only part of the way.
             steadied = []
             for box in found:
@@ -121,6 +137,25 @@ class LiteSwapper:
             self.boxes = steadied
         self.frame_index += 1
         return self.boxes
+
+    def _track(self, frame: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Re-find each known face in a window around its last box, at a small fixed scale."""
+        fh, fw = frame.shape[:2]
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        found = []
+        for x, y, w, h in self.boxes:
+            m = w // 2
+            x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(fw, x + w + m), min(fh, y + h + m)
+            scale = min(1.0, TRACK_SIDE / max(w, 1))
+            hits = detect_faces(
+                self.cascade, grey[y0:y1, x0:x1], 0, scale=scale, sizes=(int(w * scale * 0.7), int(w * scale * 1.4) + 1)
+            )
+            if hits:
+                bx, by, bw, bh = hits[0]
+                found.append((bx + x0, by + y0, bw, bh))
+            else:
+                found.append((x, y, w, h))  # a missed scan keeps the face; the next full scan corrects it
+        return sorted(found, key=lambda b: -b[2] * b[3])
 
     def swap(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
         targets = self._targets(frame)

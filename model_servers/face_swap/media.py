@@ -314,15 +314,18 @@ class VideoDecoder:
         height: int,
         *,
         fps: float | None,
+        source_size: tuple[int, int],
         pool: FramePool,
         cancel: threading.Event,
     ) -> None:
-        vf = [f"scale={width}:{height}:flags=bicubic"]
+        vf = []
         if fps:
-            vf.insert(0, f"fps={fps:.6g}")
+            vf.append(f"fps={fps:.6g}")
+        if source_size != (width, height):
+            vf.append(f"scale={width}:{height}:flags=bicubic")
         self.cmd = [
-            tools.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-i", str(path),
-            "-map", "0:v:0", "-vf", ",".join(vf), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
+            tools.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-i", str(path), "-map", "0:v:0",
+            *(["-vf", ",".join(vf)] if vf else []), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
         ]  # fmt: skip
         self.frame_bytes = width * height * 3
         self.pool, self.cancel = pool, cancel

@@ -148,7 +148,7 @@ class Job:
         frames = faces_max = 0
         next_report = s.progress_every_frames
         self.report(0.0, "swapping")
-        with VideoDecoder(self.tools, self.target, width, height, fps=None if keep else fps, pool=pool, cancel=self.cancel) as dec:
+        with VideoDecoder(self.tools, self.target, width, height, fps=None if keep else fps, source_size=(info.width, info.height), pool=pool, cancel=self.cancel) as dec:
             with VideoEncoder(self.tools, out_path, enc_opts, on_written=pool.give) as enc:
                 for frames_in in dec.batches(batch):
                     if self.cancel.is_set():
