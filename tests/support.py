@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -41,12 +42,16 @@ def postgres_database() -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    def run(statement: str) -> None:  # in a thread: callers may be inside an event loop
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, admin(statement)).result()
+
+    run(f"CREATE DATABASE {name}")
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
     finally:
-        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def wait_http(url: str, timeout_s: float = 30.0, process: subprocess.Popen | None = None) -> None:

@@ -1,0 +1,132 @@
+"""Webhooks on terminal states: signed, retried on failure, guarded, and surviving an API restart."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import threading
+import time
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from support import api_process, free_port
+
+SECRET = "hook-secret"
+
+
+class Receiver:
+    """A real HTTP server that records deliveries and fails the first ``fail_first`` of them."""
+
+    def __init__(self, fail_first: int = 0, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.received: list[tuple[float, bytes, dict]] = []
+        self.fail_first = fail_first
+        app = FastAPI()
+
+        @app.post("/hook")
+        async def hook(request: Request) -> Response:
+            body = await request.body()
+            self.received.append((time.time(), body, dict(request.headers)))
+            if len(self.received) <= self.fail_first:
+                return Response(status_code=500)
+            return Response(status_code=204)
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def __enter__(self) -> "Receiver":
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def api_env():
+    return {
+        "TASKFLEET_WEBHOOK_SECRET": SECRET,
+        "TASKFLEET_WEBHOOK_RETRY_DELAYS": "0.3,0.6,1.2",
+        "TASKFLEET_URL_ALLOWLIST": "127.0.0.1",
+        "TASKFLEET_REAP_INTERVAL_S": "0.2",
+    }
+
+
+async def wait_for(predicate, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_signed_webhook_on_completion_with_retries(api, producer, consumer):
+    with Receiver(fail_first=2) as receiver:
+        task = await producer.submit("echo", {"data": 1}, webhook_url=receiver.url)
+        [t] = await consumer.fetch(["echo"], wait_s=1)
+        await consumer.complete(t["task_id"], t["lease"]["id"], {"data": 1})
+        await wait_for(lambda: len(receiver.received) >= 3)
+        await asyncio.sleep(0.8)
+        assert len(receiver.received) == 3  # two failures retried, then delivered once
+        times = [r[0] for r in receiver.received]
+        assert times[1] - times[0] >= 0.3 and times[2] - times[1] >= 0.6
+        _, body, headers = receiver.received[-1]
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["x-taskfleet-signature"] == expected
+        payload = json.loads(body)
+        assert payload["task_id"] == task["task_id"] and payload["status"] == "COMPLETED"
+
+
+async def test_webhook_gives_up_after_three_retries(api, producer, consumer):
+    with Receiver(fail_first=100) as receiver:
+        await producer.submit("echo", {}, webhook_url=receiver.url)
+        [t] = await consumer.fetch(["echo"], wait_s=1)
+        await consumer.fail(t["task_id"], t["lease"]["id"], "bad", "x", False)
+        await wait_for(lambda: len(receiver.received) >= 4)
+        await asyncio.sleep(2.0)
+        assert len(receiver.received) == 4  # the first try and 3 retries
+
+
+async def test_webhook_to_private_address_is_refused(database_url, tmp_path):
+    with Receiver() as receiver:
+        # No allow-list: loopback is a private address, so nothing may be sent there.
+        env = {"TASKFLEET_WEBHOOK_RETRY_DELAYS": "0.1,0.1,0.1", "TASKFLEET_REAP_INTERVAL_S": "0.2"}
+        with api_process(database_url, tmp_path, **env) as server:
+            from taskfleet.client import ConsumerClient, ProducerClient
+
+            async with ProducerClient(server.url) as p, ConsumerClient(server.url) as c:
+                await p.submit("echo", {}, webhook_url=receiver.url)
+                [t] = await c.fetch(["echo"], wait_s=1)
+                await c.complete(t["task_id"], t["lease"]["id"], {})
+                await asyncio.sleep(1.5)
+        assert receiver.received == []
+
+
+async def test_pending_delivery_survives_api_restart(database_url, tmp_path, api_env):
+    port = free_port()
+    hook_port = free_port()
+    env = {**api_env, "TASKFLEET_WEBHOOK_RETRY_DELAYS": "1,1,1"}
+    from taskfleet.client import ConsumerClient, ProducerClient
+
+    server = api_process(database_url, tmp_path, port=port, **env).start()
+    async with ProducerClient(server.url) as p, ConsumerClient(server.url) as c:
+        task = await p.submit("echo", {}, webhook_url=f"http://127.0.0.1:{hook_port}/hook")
+        [t] = await c.fetch(["echo"], wait_s=1)
+        await c.complete(t["task_id"], t["lease"]["id"], {})
+    await asyncio.sleep(0.3)  # the first try fails: nobody listens yet
+    server.kill()
+    with Receiver(port=hook_port) as receiver:
+        with api_process(database_url, tmp_path, port=port, **env):
+            await wait_for(lambda: len(receiver.received) >= 1)
+        assert json.loads(receiver.received[0][1])["task_id"] == task["task_id"]
