@@ -107,7 +107,8 @@ def create_app(settings: TtsSettings | None = None, engine: Engine | None = None
                 f"text has {len(req.text)} characters; this server takes at most {settings.tts_max_chars}",
                 code="text_too_long",
             )
-        if reference is not None and not engine.clones_voice:
+        if reference is not None:
+            # Neither piper nor espeak-ng clones voices; an engine that does would take the file here.
             await reference.close()
             raise InvalidInput(
                 f"the {engine.name} engine cannot clone a voice from reference audio; "

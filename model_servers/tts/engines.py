@@ -29,7 +29,6 @@ class VoiceInfo:
 class Engine(Protocol):
     name: str
     device: str
-    clones_voice: bool
 
     def load(self) -> None:
         """Find and load voices; raises ``EngineUnavailable`` with the reason when it cannot."""

@@ -24,7 +24,6 @@ _ALIAS = re.compile(r"\(([\w-]+) \d+\)")  # "(en 2)" in the Other Languages colu
 class EspeakEngine:
     name = "espeak"
     device = "cpu"
-    clones_voice = False
 
     def __init__(self, settings: TtsSettings) -> None:
         self._settings = settings

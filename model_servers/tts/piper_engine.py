@@ -28,7 +28,6 @@ class _Loaded:
 
 class PiperEngine:
     name = "piper"
-    clones_voice = False
 
     def __init__(self, settings: TtsSettings) -> None:
         self._settings = settings
