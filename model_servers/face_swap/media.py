@@ -78,6 +78,16 @@ def sniff_image_format(head: bytes) -> str | None:
     return None
 
 
+def sniff_video_container(head: bytes) -> str | None:
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    return None
+
+
 def identify(path: Path, tools: Tools) -> MediaInfo:
     """Image by magic bytes (cheap, exact), otherwise whatever ffmpeg finds a video stream in."""
     with open(path, "rb") as fh:
@@ -88,6 +98,8 @@ def identify(path: Path, tools: Tools) -> MediaInfo:
     if fmt is not None:
         return _image_info(path, fmt)
     info = probe_video(path, tools)
+    if info is None and (container := sniff_video_container(head)):
+        raise InvalidMedia(f"the file looks like {container} but cannot be read (truncated or corrupt)")
     if info is None:
         raise UnsupportedMedia("the file is neither an image (jpg, png, webp) nor a video ffmpeg can read")
     return info
