@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import wave
@@ -151,3 +153,15 @@ def test_the_fleet_side_imports_no_onnxruntime_or_numpy():
         "bad = [m for m in ('onnxruntime', 'piper', 'numpy') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_schemathesis_finds_no_server_error(server):
+    """Malformed requests get a 4xx with a code, never a 5xx (CONTRACT §1), over the real socket."""
+    cli = shutil.which("schemathesis", path=os.path.dirname(sys.executable))
+    result = subprocess.run(
+        [cli, "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "30",
+         "--phases", "examples,coverage,fuzzing", "--generation-deterministic", "--request-timeout", "60",
+         "--suppress-health-check", "all"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
