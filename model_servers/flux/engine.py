@@ -119,6 +119,8 @@ class FluxEngine:
         device = s.flux_device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not device.startswith("cuda") and s.flux_cpu_threads:
+            torch.set_num_threads(s.flux_cpu_threads)
         dtype_name = s.flux_dtype
         if dtype_name == "auto":
             # bf16 is what FLUX.1 was trained in; on CPU it is slow and partly unsupported.

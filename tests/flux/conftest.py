@@ -82,7 +82,8 @@ def start_flux_server():
 def flux_server(tiny_flux):
     """Two GPU slots and batching on, so LoRA isolation and batching are both exercised."""
     server = start_server(
-        flux_model=str(tiny_flux["model"]), lora_dir=str(tiny_flux["loras"]), gpu_slots=2, flux_max_batch=4
+        flux_model=str(tiny_flux["model"]), lora_dir=str(tiny_flux["loras"]), gpu_slots=2, flux_max_batch=4,
+        flux_cpu_threads=1,  # other test processes share the cores; see FluxSettings.flux_cpu_threads
     )
     assert server.wait_status(("healthy",))["status"] == "healthy"
     yield server
