@@ -21,6 +21,7 @@ class EngineUnavailable(Exception):
 
 class FrameSwapper(Protocol):
     enhanced: bool
+    parallel: bool  # frames are independent: a batch may be swapped by several threads at once
 
     def swap(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
         """The frame with faces swapped (may be the same array, changed in place) and how many."""

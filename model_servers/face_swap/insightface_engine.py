@@ -147,6 +147,8 @@ class InsightFaceEngine:
 
 
 class InsightFaceSwapper:
+    parallel = True  # no state between frames; ONNX Runtime sessions take concurrent runs
+
     def __init__(self, *, detector, swapper: Swapper, latent: np.ndarray, options: FaceSwapOptions, enhancer) -> None:
         self.detector = detector
         self.swapper = swapper

@@ -109,6 +109,7 @@ class LiteEngine:
 
 class LiteSwapper:
     enhanced = False  # GFPGAN needs landmarks this engine does not have
+    parallel = False  # carries face boxes from frame to frame
 
     def __init__(self, cascade, source_face: np.ndarray, options: FaceSwapOptions, *, video: bool) -> None:
         self.cascade = cascade

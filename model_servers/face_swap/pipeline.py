@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -148,14 +150,17 @@ class Job:
         frames = faces_max = 0
         next_report = s.progress_every_frames
         self.report(0.0, "swapping")
-        with VideoDecoder(self.tools, self.target, width, height, fps=None if keep else fps, source_size=(info.width, info.height), pool=pool, cancel=self.cancel) as dec:
+        workers = s.frame_workers if getattr(swapper, "parallel", False) else 1
+        stack = ExitStack()
+        pool_exec = stack.enter_context(ThreadPoolExecutor(workers, "face-swap")) if workers > 1 else None
+        with stack, VideoDecoder(self.tools, self.target, width, height, fps=None if keep else fps, source_size=(info.width, info.height), pool=pool, cancel=self.cancel) as dec:
             with VideoEncoder(self.tools, out_path, enc_opts, on_written=pool.give) as enc:
                 for frames_in in dec.batches(batch):
                     if self.cancel.is_set():
                         raise JobCancelled("cancelled")
+                    results = pool_exec.map(swapper.swap, frames_in) if pool_exec else map(swapper.swap, frames_in)
                     swapped = []
-                    for frame in frames_in:
-                        out, n = swapper.swap(frame)
+                    for out, n in results:
                         faces_max = max(faces_max, n)
                         swapped.append(out)
                     enc.write(swapped, release=frames_in)

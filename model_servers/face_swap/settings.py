@@ -22,6 +22,9 @@ class FaceSwapSettings(ModelServerSettings):
     max_image_pixels: int = 50_000_000  # decompression-bomb guard for images
     default_fps: float = 30.0  # output rate when keep_fps is off
     batch_frames: int = 8
+    # Threads swapping the frames of one batch at once (engines whose frames are independent).
+    # 1 suits a CPU (ONNX Runtime already uses every core); 2-4 keep a GPU busy between frames.
+    frame_workers: int = 1
     progress_every_frames: int = 25
     preview_seconds: float = 5.0
     preview_width: int = 480
