@@ -1,0 +1,276 @@
+"""Task API benchmark: no-op tasks through HTTP, on SQLite and Postgres. Prints its figures.
+
+  python bench/api_bench.py [--backend sqlite|postgres|both] [--only throughput,pickup,claim,idle]
+
+- throughput: producers create N echo tasks while consumers fetch (limit > 1) and complete
+  them; tasks/s from the first create to the last completion.
+- pickup: one producer creates 100 tasks/s (open loop); a long-polling consumer notes when
+  each arrives: create-call start → task in the consumer's hands, p50 / p99.
+- claim (Postgres): fetch latency with 1k and with 1M tasks queued.
+- idle: CPU of the API process while 500 consumers long-poll an empty queue.
+Each client process runs its own event loop, as separate consumer processes would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import httpx  # noqa: E402
+
+from support import api_process, postgres_database  # noqa: E402
+from taskfleet.client import ConsumerClient, ProducerClient  # noqa: E402
+
+try:
+    import uvloop
+
+    new_loop = uvloop.new_event_loop
+except ImportError:  # pragma: no cover
+    new_loop = asyncio.new_event_loop
+
+
+def run(coro):
+    loop = new_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+# -- throughput -------------------------------------------------------------------------------
+def producer_proc(url: str, n: int, concurrency: int, out: mp.Queue) -> None:
+    async def main():
+        first = time.time()
+        async with ProducerClient(url) as p:
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(i):
+                async with sem:
+                    await p.submit("echo", {"data": i})
+
+            await asyncio.gather(*(one(i) for i in range(n)))
+        out.put(("produced", first, time.time()))
+
+    run(main())
+
+
+def consumer_proc(url: str, limit: int, total: int, out: mp.Queue) -> None:
+    async def main():
+        done, last = 0, 0.0
+        async with ConsumerClient(url) as c:
+            idle = 0
+            while idle < 3:
+                tasks = await c.fetch(["echo"], limit=limit, wait_s=1)
+                if not tasks:
+                    idle += 1
+                    continue
+                idle = 0
+                for t in tasks:
+                    await c.complete(t["task_id"], t["lease"]["id"], {"data": t["input"]["data"]})
+                done += len(tasks)
+                last = time.time()
+        out.put(("consumed", done, last))
+
+    run(main())
+
+
+def throughput(url: str, n: int, producers: int, consumers: int, limit: int) -> dict:
+    out: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=consumer_proc, args=(url, limit, n, out)) for _ in range(consumers)]
+    procs += [mp.Process(target=producer_proc, args=(url, n // producers, 4, out)) for _ in range(producers)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    first = min(r[1] for r in results if r[0] == "produced")
+    produced_end = max(r[2] for r in results if r[0] == "produced")
+    done = sum(r[1] for r in results if r[0] == "consumed")
+    last = max(r[2] for r in results if r[0] == "consumed")
+    return {
+        "tasks": done,
+        "e2e_tasks_per_s": round(done / (last - first), 1),
+        "create_per_s": round(n / (produced_end - first), 1),
+        "producers": producers,
+        "consumers": consumers,
+        "fetch_limit": limit,
+    }
+
+
+# -- pickup latency -----------------------------------------------------------------------------
+def pickup_consumer(url: str, n: int, out: mp.Queue) -> None:
+    async def main():
+        seen = {}
+        async with ConsumerClient(url) as c:
+            while len(seen) < n:
+                for t in await c.fetch(["echo"], limit=10, wait_s=5):
+                    seen[t["input"]["data"]["i"]] = (t["input"]["data"]["t"], time.time())
+                    await c.complete(t["task_id"], t["lease"]["id"], {})
+        out.put([(got - sent) * 1000 for sent, got in seen.values()])
+
+    run(main())
+
+
+def pickup(url: str, n: int, rate: float) -> dict:
+    out: mp.Queue = mp.Queue()
+    proc = mp.Process(target=pickup_consumer, args=(url, n, out))
+    proc.start()
+    time.sleep(1.0)
+
+    async def produce():
+        async with ProducerClient(url) as p:
+            for _ in range(20):  # warm connections
+                await p.submit("echo", {"data": {"i": -1, "t": time.time()}})
+            start = time.perf_counter()
+            for i in range(n):
+                target = start + i / rate
+                delay = target - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await p.submit("echo", {"data": {"i": i, "t": time.time()}})
+
+    run(produce())
+    latencies = out.get(timeout=120)
+    proc.join()
+    return {
+        "rate_per_s": rate,
+        "n": n,
+        "pickup_p50_ms": round(pct(latencies, 50), 2),
+        "pickup_p99_ms": round(pct(latencies, 99), 2),
+    }
+
+
+# -- claim latency with a deep queue (Postgres) ---------------------------------------------------
+async def fill_postgres(db_url: str, n: int) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s,
+                               metadata, not_before, created_at, updated_at)
+            SELECT 'tsk_fill_' || g, 'echo', 'PENDING', '{"data": null, "sleep_s": 0, "fail": null}',
+                   0, 3, 600, '{}', 0, extract(epoch from now()), extract(epoch from now())
+            FROM generate_series(1, $1) AS g
+            """,
+            n,
+        )
+        await conn.execute("ANALYZE tasks")
+    finally:
+        await conn.close()
+
+
+async def claim_latency(url: str, samples: int) -> dict:
+    times = []
+    async with ConsumerClient(url) as c:
+        for _ in range(20):
+            [t] = await c.fetch(["echo"], wait_s=0)
+            await c.complete(t["task_id"], t["lease"]["id"], {})
+        for _ in range(samples):
+            start = time.perf_counter()
+            [t] = await c.fetch(["echo"], wait_s=0)
+            times.append((time.perf_counter() - start) * 1000)
+            await c.complete(t["task_id"], t["lease"]["id"], {})
+    return {"claim_p50_ms": round(pct(times, 50), 3), "claim_p99_ms": round(pct(times, 99), 3)}
+
+
+# -- idle long-pollers ---------------------------------------------------------------------------
+def idle_pollers(url: str, n: int, seconds: float, out: mp.Queue) -> None:
+    async def main():
+        limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+            stop = time.time() + seconds
+
+            async def poller(i):
+                while time.time() < stop:
+                    await http.get("/api/comm/task/fetch", params={"workflow": "echo", "wait_s": 20, "consumer_id": f"idle{i}"})
+
+            await asyncio.gather(*(poller(i) for i in range(n)))
+        out.put("done")
+
+    run(main())
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(server, n: int, seconds: float) -> dict:
+    out: mp.Queue = mp.Queue()
+    proc = mp.Process(target=idle_pollers, args=(server.url, n, seconds + 25, out))
+    proc.start()
+    time.sleep(5)  # all pollers parked
+    c0, t0 = cpu_seconds(server.process.pid), time.time()
+    time.sleep(seconds)
+    c1, t1 = cpu_seconds(server.process.pid), time.time()
+    proc.terminate()
+    proc.join()
+    return {"idle_pollers": n, "api_cpu_pct_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 2)}
+
+
+def bench_backend(backend: str, only: set[str], args) -> dict:
+    results: dict = {"backend": backend}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+
+        def with_db(fn):
+            if backend == "sqlite":
+                return fn(f"sqlite:///{tmp_path / 'bench.db'}")
+            with postgres_database() as url:
+                return fn(url)
+
+        env = {"TASKFLEET_LEASE_S": "60", "TASKFLEET_REAP_INTERVAL_S": "1", "TASKFLEET_LOG_LEVEL": "warning"}
+
+        def sections(db_url: str) -> None:
+            with api_process(db_url, tmp_path, **env) as server:
+                if "throughput" in only:
+                    results["throughput"] = throughput(server.url, args.n, args.producers, args.consumers, args.limit)
+                if "pickup" in only:
+                    results["pickup"] = pickup(server.url, args.pickup_n, 100.0)
+                if "idle" in only:
+                    results["idle"] = idle_cpu(server, 500, 20.0)
+                if "claim" in only and backend == "postgres":
+                    run(fill_postgres(db_url, 1000))
+                    results["claim_1k_queued"] = run(claim_latency(server.url, 300))
+                    run(fill_postgres(db_url, 1_000_000 - 1000))
+                    results["claim_1m_queued"] = run(claim_latency(server.url, 300))
+
+        with_db(sections)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backend", default="both", choices=["sqlite", "postgres", "both"])
+    parser.add_argument("--only", default="throughput,pickup,claim,idle")
+    parser.add_argument("--n", type=int, default=6000)
+    parser.add_argument("--producers", type=int, default=2)
+    parser.add_argument("--consumers", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--pickup-n", type=int, default=1000)
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    for backend in backends:
+        print(json.dumps(bench_backend(backend, only, args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
