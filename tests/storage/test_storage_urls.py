@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
+import boto3
 import httpx
 import pytest
 
@@ -34,6 +35,8 @@ async def test_s3_public_base_url(moto_url: str, prefix: str) -> None:
     st = open_storage(f"s3://{S3_BUCKET}/{prefix}?endpoint_url={moto_url}&public_base_url={base}", retry_delays=FAST_RETRIES)
     obj = await st.put_bytes(st.output_key("w", "t", "a.txt"), b"public")
     assert obj.url == f"{base}/{prefix}/w/t/a.txt"
+    # Making the bucket public is the operator's job; moto checks object ACLs, so grant one here.
+    boto3.client("s3", endpoint_url=moto_url).put_object_acl(Bucket=S3_BUCKET, Key=obj.key, ACL="public-read")
     async with httpx.AsyncClient() as client:
         assert (await client.get(obj.url)).content == b"public"
     assert st.key_for_url(obj.url) == obj.key
