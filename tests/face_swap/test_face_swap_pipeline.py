@@ -56,3 +56,23 @@ def test_video_on_insightface_sequential_and_parallel_agree(tiny_models, tools, 
     assert np.abs(results[1][:, 130:158, 130:158].astype(int) - original[:, 130:158, 130:158]).mean() > 10
     # Frames come back in order and alike whether one thread or three swapped them.
     assert np.abs(results[1].astype(int) - results[3]).mean() < 0.5
+
+
+def test_video_path_with_the_wheel_ffmpeg_and_no_ffprobe(tmp_path, photos, clips, tools):
+    import imageio_ffmpeg
+
+    from model_servers.face_swap.lite_engine import LiteEngine
+    from model_servers.face_swap.media import Tools
+
+    wheel = Tools(ffmpeg=imageio_ffmpeg.get_ffmpeg_exe(), ffprobe=None)
+    settings = settings_for(tmp_path, face_swap_engine="lite")
+    engine = LiteEngine(settings)
+    engine.load()
+    job = Job(
+        engine=engine, tools=wheel, settings=settings, source=photos["astronaut"], target=clips["audio"],
+        options=FaceSwapOptions(output_formats=["mp4", "webp"]), workdir=tmp_path,
+    )  # fmt: skip
+    meta = job.run().metadata
+    assert meta["frames_processed"] == 50 == count_frames(tools, tmp_path / "output.mp4")
+    assert meta["fps"] == 25 and meta["audio"] is True and meta["faces_detected"] == 1
+    assert (tmp_path / "preview.webp").read_bytes()[8:12] == b"WEBP"
