@@ -1,4 +1,4 @@
-"""The batcher's scheduling with a stand-in engine: what shares a call, and when LoRAs may switch."""
+"""Pure logic of the Flux server: the batcher with a stand-in engine (what shares a call, when LoRAs switch), sizes, variants."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from model_servers.flux.batcher import Batcher, CallParams
 from model_servers.flux.engine import detect_variant, round_size
 from taskfleet.errors import InvalidInput
+from taskfleet.workflows.image_gen import ImageGenInput
 
 
 def params(lora: str | None = None, weight: float = 1.0, width: int = 64) -> CallParams:
@@ -169,3 +170,18 @@ def test_variant_is_read_from_the_transformer_config(tmp_path):
         d.mkdir(parents=True)
         (d / "config.json").write_text('{"guidance_embeds": %s}' % str(guidance).lower())
         assert detect_variant(d.parent) == variant
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, (1024, 1024)),
+        ({"aspect_ratio": "1:1"}, (1024, 1024)),
+        ({"aspect_ratio": "16:9"}, (1360, 768)),
+        ({"aspect_ratio": "9:16"}, (768, 1360)),
+        ({"aspect_ratio": "16:9", "height": 500}, (1360, 500)),
+        ({"width": 300}, (300, 1024)),
+    ],
+)
+def test_presets_set_the_size_and_explicit_sides_win(fields, expected):
+    assert ImageGenInput(prompt="x", **fields).requested_size() == expected
