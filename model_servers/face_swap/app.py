@@ -53,8 +53,7 @@ def create_app(settings: FaceSwapSettings | None = None, *, engine: Engine | Non
     state = ModelState(str(settings.models_path()), settings.gpu_slots)
     holder: dict[str, Tools] = {}
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def load() -> None:
         try:
             holder["tools"] = find_tools(settings.ffmpeg)
             message = await asyncio.to_thread(engine.load)
@@ -63,7 +62,16 @@ def create_app(settings: FaceSwapSettings | None = None, *, engine: Engine | Non
         except (EngineUnavailable, TaskfleetError) as exc:
             state.failed(str(exc))
             log.error("face swap unavailable: %s", exc)
+        except Exception as exc:  # a broken model file: say so on /health rather than crash-loop
+            state.failed(f"loading failed: {type(exc).__name__}: {exc}")
+            log.exception("face swap model load failed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Serve /health ("loading") while the models load, so orchestrators see progress, not silence.
+        loader = asyncio.create_task(load())
         yield
+        loader.cancel()
 
     app = FastAPI(title="taskfleet face swap", lifespan=lifespan)
     app.state.model_state = state

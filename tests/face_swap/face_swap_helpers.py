@@ -50,7 +50,8 @@ def stream_types(tools, path: Path) -> list[str]:
 class LiveServer:
     """A real uvicorn serving an app on a loopback port, in a thread of this process."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, *, wait_loaded: bool = True) -> None:
+        self.wait_loaded = wait_loaded
         self.config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -64,6 +65,10 @@ class LiveServer:
             time.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
+        while self.wait_loaded and httpx.get(self.url + "/health", trust_env=False).json()["status"] == "loading":
+            if time.monotonic() > deadline:
+                raise RuntimeError("models did not load")
+            time.sleep(0.02)
         return self
 
     def __exit__(self, *exc) -> None:

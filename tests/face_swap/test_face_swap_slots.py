@@ -115,3 +115,33 @@ def test_a_client_that_goes_away_stops_the_job_and_frees_the_slot(tmp_path, phot
         assert stopped_at < 50
         time.sleep(0.3)
         assert engine.frames == stopped_at  # nothing runs on after the stop
+
+
+class SlowLoadEngine(GateEngine):
+    def load(self) -> str:
+        if not self.gate.wait(30):
+            raise RuntimeError("never released")
+        return "loaded"
+
+
+class BrokenEngine(GateEngine):
+    def load(self) -> str:
+        raise RuntimeError("model file is corrupt")
+
+
+def test_health_says_loading_until_models_are_in(tmp_path, photos):
+    engine = SlowLoadEngine()
+    with LiveServer(create_app(settings_for(tmp_path), engine=engine), wait_loaded=False) as server:
+        h = health(server.url)
+        assert h["status"] == "loading" and h["model_loaded"] is False
+        status, body, _ = post_process(server.url, photos["hopper"], photos["astronaut"])
+        assert status == 503 and body["error"]["code"] == "model_unavailable"
+        engine.gate.set()
+        assert wait_for(lambda: health(server.url)["status"] == "healthy")
+        assert health(server.url)["message"] == "loaded"
+
+
+def test_a_load_that_crashes_leaves_the_server_up_and_unhealthy(tmp_path):
+    with LiveServer(create_app(settings_for(tmp_path), engine=BrokenEngine()), wait_loaded=False) as server:
+        assert wait_for(lambda: health(server.url)["status"] == "unhealthy")
+        assert "model file is corrupt" in health(server.url)["message"]
