@@ -61,10 +61,28 @@ def _t5_tokenizer(tmp: Path):
     return tok, len(tok)
 
 
-def build_tiny_flux(out_dir: str | Path, *, seed: int = 0) -> Path:
-    """Write a tiny random FLUX.1-shaped pipeline to ``out_dir`` with ``save_pretrained``."""
+def tiny_transformer(*, guidance_embeds: bool):
+    """FLUX.1-dev has a guidance embedding, FLUX.1-schnell has none; the server tells them apart by it."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=guidance_embeds,
+    )
+
+
+def build_tiny_flux(out_dir: str | Path, *, variant: str = "dev", seed: int = 0) -> Path:
+    """Write a tiny random FLUX.1-shaped pipeline (``dev`` or ``schnell``) to ``out_dir`` with ``save_pretrained``."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     out = Path(out_dir)
@@ -99,18 +117,7 @@ def build_tiny_flux(out_dir: str | Path, *, seed: int = 0) -> Path:
                 decoder_start_token_id=0,
             )
         )
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=16,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=32,
-            pooled_projection_dim=32,
-            axes_dims_rope=[4, 4, 8],
-            guidance_embeds=True,
-        )
+        transformer = tiny_transformer(guidance_embeds=variant == "dev")
         # Four blocks: the VAE scale factor is 2**(4-1) = 8, the same as real Flux, so the size
         # rounding the server applies is exactly what it applies to real weights.
         vae = AutoencoderKL(
@@ -167,9 +174,10 @@ def build_tiny_lora(pipeline_dir: str | Path, lora_path: str | Path, *, seed: in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
+    parser.add_argument("--variant", choices=["dev", "schnell"], default="dev")
     parser.add_argument("--lora-dir", help="also write two random LoRAs (style_a, style_b) here")
     args = parser.parse_args(argv)
-    build_tiny_flux(args.out_dir)
+    build_tiny_flux(args.out_dir, variant=args.variant)
     if args.lora_dir:
         for i, name in enumerate(("style_a", "style_b")):
             build_tiny_lora(args.out_dir, Path(args.lora_dir) / f"{name}.safetensors", seed=i + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_flux(tmp_path_factory) -> dict[str, Path]:
     """A tiny FLUX.1-dev-shaped diffusers folder plus two LoRAs, built offline (~7 s, once)."""
-    from model_servers.flux.tiny import build_tiny_flux, build_tiny_lora
+    from model_servers.flux.tiny import build_tiny_flux, build_tiny_lora, tiny_transformer
 
     root = tmp_path_factory.mktemp("flux")
     model = build_tiny_flux(root / "model")
@@ -26,7 +27,12 @@ def tiny_flux(tmp_path_factory) -> dict[str, Path]:
     build_tiny_lora(model, loras / "style_a.safetensors", seed=1)
     build_tiny_lora(model, loras / "style_b.safetensors", seed=2)
     (loras / "broken.safetensors").write_bytes(b"not a safetensors file")
-    return {"model": model, "loras": loras}
+    # A FLUX.1-schnell-shaped copy: same parts, a transformer without the guidance embedding.
+    schnell = root / "schnell"
+    shutil.copytree(model, schnell)
+    shutil.rmtree(schnell / "transformer")
+    tiny_transformer(guidance_embeds=False).save_pretrained(schnell / "transformer")
+    return {"model": model, "loras": loras, "schnell": schnell}
 
 
 def _free_port() -> int:

@@ -85,6 +85,19 @@ async def test_variant_defaults_fill_unset_parameters(flux_server):
     assert (body["num_inference_steps"], body["guidance_scale"], body["max_sequence_length"]) == (28, 3.5, 512)
 
 
+async def test_a_schnell_folder_gets_schnell_defaults(start_flux_server, tiny_flux):
+    # VAE tiling on as well: the tiny VAE's tiles are 32 px, so a 64 px image is decoded in tiles.
+    server = start_flux_server(flux_model=str(tiny_flux["schnell"]), flux_vae_tiling=True, flux_cpu_threads=1)
+    try:
+        assert "FLUX.1-schnell" in server.wait_status(("healthy",))["message"]
+        body = await generate(server, seed=1, num_inference_steps=None, max_sequence_length=None)
+        assert body["model_variant"] == "schnell"
+        assert (body["num_inference_steps"], body["guidance_scale"], body["max_sequence_length"]) == (4, 0.0, 256)
+        assert Image.open(io.BytesIO(base64.b64decode(body["images"][0]["data"]))).size == (64, 64)
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize(
     ("size", "expected", "rounded"),
     [

@@ -185,3 +185,17 @@ def test_variant_is_read_from_the_transformer_config(tmp_path):
 )
 def test_presets_set_the_size_and_explicit_sides_win(fields, expected):
     assert ImageGenInput(prompt="x", **fields).requested_size() == expected
+
+
+def test_download_takes_only_the_diffusers_parts():
+    from huggingface_hub.utils import filter_repo_objects
+
+    from model_servers.flux.download import DIFFUSERS_PARTS
+
+    repo = [
+        "flux1-schnell.safetensors", "ae.safetensors", "README.md", "schnell_grid.jpeg", "model_index.json",
+        "scheduler/scheduler_config.json", "text_encoder/model.safetensors", "text_encoder_2/model-00001-of-00002.safetensors",
+        "tokenizer/vocab.json", "tokenizer_2/spiece.model", "transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]  # fmt: skip
+    assert list(filter_repo_objects(repo, allow_patterns=DIFFUSERS_PARTS)) == repo[4:]
