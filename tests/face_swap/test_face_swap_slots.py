@@ -145,3 +145,33 @@ def test_a_load_that_crashes_leaves_the_server_up_and_unhealthy(tmp_path):
     with LiveServer(create_app(settings_for(tmp_path), engine=BrokenEngine()), wait_loaded=False) as server:
         assert wait_for(lambda: health(server.url)["status"] == "unhealthy")
         assert "model file is corrupt" in health(server.url)["message"]
+
+
+class FailingEngine(GateEngine):
+    """Fails on the 4th frame, after the response (and its progress parts) has started."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(frame_s=0.001)
+        self.error = error
+
+    def swap(self, frame):
+        if self.frames >= 3:
+            raise self.error
+        return super().swap(frame)
+
+
+def test_a_failure_mid_video_arrives_as_an_error_part(tmp_path, photos, clips):
+    from model_servers.face_swap.errors import InvalidMedia
+
+    for error, code, retryable in (
+        (InvalidMedia("frame 4 is broken"), "invalid_media", False),
+        (ZeroDivisionError("a bug"), "face_swap_failed", True),
+    ):
+        settings = settings_for(tmp_path, progress_every_frames=1, batch_frames=1)
+        with LiveServer(create_app(settings, engine=FailingEngine(error))) as server:
+            status, events, files = post_process(server.url, photos["hopper"], clips["audio"])
+            assert status == 200 and events[0][0] == "progress"
+            kind, body = events[-1]
+            assert kind == "error" and body["error"]["code"] == code and body["retryable"] is retryable
+            assert not files
+            assert health(server.url)["in_flight"] == 0
