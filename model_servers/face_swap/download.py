@@ -179,7 +179,14 @@ def resolve_assets(args: argparse.Namespace) -> list[Asset]:
     return [assets[n] for n in names]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
+    """The CLI entry: exits non-zero when any asset failed (callers may ignore a return value)."""
+    code = run(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def run(argv: list[str] | None = None) -> int:
     settings = FaceSwapSettings()
     parser = argparse.ArgumentParser(prog="taskfleet models download face_swap", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", default=settings.models_dir, help="default: TASKFLEET_MODELS_DIR")
@@ -219,4 +226,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -39,7 +39,7 @@ def sha(path):
 def test_pinned_files_install_and_verify(served, tmp_path):
     url, root = served
     models = tmp_path / "models"
-    rc = download.main([
+    rc = download.run([
         "--models-dir", str(models), "--no-progress", "--only", "inswapper_128_fp16", "buffalo_l",
         "--url", f"inswapper_128_fp16={url}/swapper.onnx", "--sha256", f"inswapper_128_fp16={sha(root / 'swapper.onnx')}",
         "--url", f"buffalo_l={url}/buffalo_l.zip", "--sha256", f"buffalo_l={sha(root / 'buffalo_l.zip')}",
@@ -48,15 +48,15 @@ def test_pinned_files_install_and_verify(served, tmp_path):
     assert (models / "inswapper_128_fp16.onnx").read_bytes() == (root / "swapper.onnx").read_bytes()
     assert (models / "models" / "buffalo_l" / "det_10g.onnx").read_bytes() == b"detector"  # top folder flattened
     assert not list(models.glob(".*.part"))
-    assert download.main(["--models-dir", str(models), "--verify"]) == 0
+    assert download.run(["--models-dir", str(models), "--verify"]) == 0
     (models / "models" / "buffalo_l" / "det_10g.onnx").write_bytes(b"tampered")
-    assert download.main(["--models-dir", str(models), "--verify"]) == 1
+    assert download.run(["--models-dir", str(models), "--verify"]) == 1
 
 
 def test_checksum_mismatch_installs_nothing(served, tmp_path, capsys):
     url, _ = served
     models = tmp_path / "models"
-    rc = download.main([
+    rc = download.run([
         "--models-dir", str(models), "--no-progress", "--only", "inswapper_128_fp16",
         "--url", f"inswapper_128_fp16={url}/swapper.onnx", "--sha256", "inswapper_128_fp16=" + "0" * 64,
     ])  # fmt: skip
@@ -70,9 +70,9 @@ def test_unpinned_is_refused_unless_allowed(served, tmp_path, capsys):
     url, root = served
     models = tmp_path / "models"
     args = ["--models-dir", str(models), "--no-progress", "--only", "gfpgan_1.4", "--url", f"gfpgan_1.4={url}/swapper.onnx"]
-    assert download.main(args) == 1
+    assert download.run(args) == 1
     assert "no SHA-256 pinned" in capsys.readouterr().err
-    assert download.main(args + ["--allow-unpinned"]) == 0
+    assert download.run(args + ["--allow-unpinned"]) == 0
     assert sha(root / "swapper.onnx") in capsys.readouterr().err  # printed so the operator can pin it
     assert (models / "gfpgan_1.4.onnx").is_file()
 
@@ -82,8 +82,14 @@ def test_http_errors_and_zip_slip_fail_cleanly(served, tmp_path):
     with zipfile.ZipFile(root / "evil.zip", "w") as zf:
         zf.writestr("../escape.txt", b"x")
     models = tmp_path / "models"
-    assert download.main(["--models-dir", str(models), "--no-progress", "--allow-unpinned", "--only", "buffalo_l",
+    assert download.run(["--models-dir", str(models), "--no-progress", "--allow-unpinned", "--only", "buffalo_l",
                           "--url", f"buffalo_l={url}/evil.zip"]) == 1  # fmt: skip
     assert not (tmp_path / "escape.txt").exists() and not (models / "escape.txt").exists()
-    assert download.main(["--models-dir", str(models), "--no-progress", "--allow-unpinned", "--only", "gfpgan_1.4",
+    assert download.run(["--models-dir", str(models), "--no-progress", "--allow-unpinned", "--only", "gfpgan_1.4",
                           "--url", f"gfpgan_1.4={url}/missing.onnx"]) == 1  # fmt: skip
+
+
+def test_main_exits_non_zero_on_failure(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        download.main(["--models-dir", str(tmp_path), "--verify"])
+    assert info.value.code == 1
