@@ -114,3 +114,39 @@ def post_process(url: str, source: Path, target: Path, options: dict | None = No
                     reader.feed(chunk)
                 assert reader.finished
     return 200, events, files
+
+
+class GateEngine:
+    """Swaps nothing; each frame waits on ``gate`` (or sleeps ``frame_s``) and is counted."""
+
+    name, device = "gate", "cpu"
+
+    def __init__(self, frame_s: float = 0.0) -> None:
+        self.gate = threading.Event()
+        self.frame_s = frame_s
+        self.lock = threading.Lock()
+        self.running = self.max_running = self.frames = 0
+
+    def load(self) -> str:
+        return "gate ready"
+
+    def start(self, source, options, *, video):
+        return self
+
+    enhanced = False
+
+    def swap(self, frame):
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            if self.frame_s:
+                time.sleep(self.frame_s)
+            else:
+                self.gate.wait(30)
+            with self.lock:
+                self.frames += 1
+        finally:
+            with self.lock:
+                self.running -= 1
+        return frame, 1

@@ -23,7 +23,7 @@ def storage(tmp_path):
     return open_storage(f"file://{tmp_path}/store", public_base_url="http://files.test")
 
 
-async def make_ctx(tmp_path, storage, server_url, data, progress):
+async def make_ctx(tmp_path, storage, server_url, data, progress, cancel=lambda: False):
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     pool = ModelServerPool("face_swap", [server_url])
@@ -44,6 +44,7 @@ async def make_ctx(tmp_path, storage, server_url, data, progress):
         _fetcher=fetcher,
         _pools={"face_swap": pool.client(120)},
         _on_progress=on_progress,
+        _cancel_requested=cancel,
     )
     return ctx, pool, fetcher
 
@@ -127,3 +128,37 @@ def test_the_fleet_side_imports_no_onnx_or_opencv():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_a_cancel_stops_the_server_side_job(tmp_path, storage, photos, clips):
+    import asyncio
+
+    import httpx
+
+    from consumer.errors import TaskCancelled
+    from face_swap_helpers import GateEngine, LiveServer, settings_for
+    from model_servers.face_swap.app import create_app
+
+    engine = GateEngine(frame_s=0.05)  # 50 frames: 2.5 s if nobody stops it
+    settings = settings_for(tmp_path / "models", progress_every_frames=2, batch_frames=2)
+    source = await storage.put_file("inputs/a.png", photos["astronaut"])
+    target = await storage.put_file("inputs/clip.mp4", clips["audio"])
+    progress = []
+    with LiveServer(create_app(settings, engine=engine)) as server:
+        ctx, pool, fetcher = await make_ctx(
+            tmp_path, storage, server.url, {"source_url": source.storage_url, "target_url": target.storage_url},
+            progress, cancel=lambda: engine.frames >= 4,
+        )  # fmt: skip
+        try:
+            with pytest.raises(TaskCancelled):
+                await process(ctx)
+        finally:
+            await pool.aclose()
+            await fetcher.aclose()
+        async with httpx.AsyncClient(trust_env=False) as client:
+            for _ in range(100):
+                if (await client.get(server.url + "/health")).json()["in_flight"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+        assert (await asyncio.to_thread(lambda: httpx.get(server.url + "/health", trust_env=False).json()))["in_flight"] == 0
+        assert engine.frames < 50
