@@ -204,7 +204,9 @@ class ModelServerPool:
     async def choose(self) -> Endpoint:
         """The least-loaded usable server; re-checks health first when no answer is fresh enough."""
         now = time.monotonic()
-        if any(now - ep.health.checked_at >= self.health_ttl_s for ep in self.endpoints):
+        # The runtime refreshes health in the background every half TTL; a call only waits for a
+        # check itself when those answers have gone stale (no background loop, or it is stuck).
+        if any(now - ep.health.checked_at >= 2 * self.health_ttl_s for ep in self.endpoints):
             await self.refresh()
         usable = [ep for ep in self.endpoints if ep.usable()]
         if not usable:

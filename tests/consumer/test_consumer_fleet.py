@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -240,44 +241,39 @@ async def test_timeout_s_enforced(stack):
     assert done["error"]["code"] == "timed_out"
 
 
-@pytest.mark.parametrize(
-    "url,code",
-    [
-        ("http://169.254.169.254/latest/meta-data/", "url_private_address"),
-        ("http://[::ffff:127.0.0.1]:8000/", "url_private_address"),
-        ("file:///etc/passwd", "url_outside_storage_root"),
-        ("gopher://example.com/", "url_scheme_not_allowed"),
-    ],
-)
-async def test_ssrf_inputs_fail_the_task_with_a_clear_code(stack, fake_servers, url, code):
+SSRF_INPUTS = {
+    "http://169.254.169.254/latest/meta-data/": "url_private_address",
+    "http://[::ffff:127.0.0.1]:8000/": "url_private_address",
+    "http://2130706433:8000/": "url_private_address",
+    "file:///etc/passwd": "url_outside_storage_root",
+    "gopher://example.com/": "url_scheme_not_allowed",
+}
+
+
+async def test_ssrf_inputs_fail_the_task_with_a_clear_code(stack, fake_servers):
     server = fake_servers()
     stack.consumer(**fake_env(server))
     async with ProducerClient(stack.url) as client:
-        task = await client.submit("fake_model", {"source_url": url})
-        done = await client.wait(task["task_id"], timeout=30)
-    assert done["status"] == "FAILED", stack.logs()
-    assert done["error"]["code"] == code
-    assert done["attempts"] == 1
+        tasks = {url: await client.submit("fake_model", {"source_url": url}) for url in SSRF_INPUTS}
+        for url, code in SSRF_INPUTS.items():
+            done = await client.wait(tasks[url]["task_id"], timeout=30)
+            assert done["status"] == "FAILED", stack.logs()
+            assert (done["error"]["code"], done["attempts"]) == (code, 1), (url, done["error"])
     assert server.stats()["calls"] == 0
 
 
-async def test_metrics_endpoint(stack):
+async def test_metrics_and_json_logs(stack):
+    """The metrics endpoint counts outcomes; log lines are JSON and carry the task id."""
     consumer = stack.consumer()
     async with ProducerClient(stack.url) as client:
-        task = await client.submit("echo", {"data": 1})
-        await client.wait(task["task_id"], timeout=20)
+        ok = await client.submit("echo", {"data": 1})
+        bad = await client.submit("echo", {"data": 1, "fail": "fatal"})
+        await client.wait(ok["task_id"], timeout=20)
+        await client.wait(bad["task_id"], timeout=20)
     text = httpx.get(consumer.metrics_url).text
     assert 'taskfleet_consumer_tasks_total{outcome="completed",workflow="echo"} 1.0' in text
+    assert 'taskfleet_consumer_tasks_total{outcome="failed",workflow="echo"} 1.0' in text
     assert 'taskfleet_consumer_in_flight{workflow="echo"} 0.0' in text
-
-
-async def test_logs_are_json_with_task_id(stack):
-    consumer = stack.consumer()
-    async with ProducerClient(stack.url) as client:
-        task = await client.submit("echo", {"data": 1, "fail": "fatal"})
-        await client.wait(task["task_id"], timeout=20)
-    import json
-
     records = [json.loads(line) for line in consumer.log_text().splitlines() if line.startswith("{")]
-    mine = [r for r in records if r.get("task_id") == task["task_id"]]
-    assert any(r["msg"].startswith("task failed") for r in mine), consumer.log_text()
+    mine = [r for r in records if r.get("task_id") == bad["task_id"]]
+    assert any(r["msg"].startswith("task failed") and r["workflow"] == "echo" for r in mine), consumer.log_text()

@@ -17,6 +17,7 @@ class FakeModelInput(BaseModel):
     text: str = ""
     sleep_s: float = Field(0.0, ge=0, le=600)  # how long the model server takes
     source_url: str | None = None  # fetched by the consumer and uploaded to the server
+    store: bool = True  # False: return the server's answer without writing an output (benchmarks)
 
 
 FAKE_MODEL = Workflow(name="fake_model", input_model=FakeModelInput, model_server="fake", timeout_s=300)
@@ -34,6 +35,8 @@ async def process(ctx) -> dict[str, Any]:
     else:
         response = await ctx.model_server.request("POST", "/process", json=fields)
     answer = response.json()
+    if not ctx.input["store"]:
+        return {"text": ctx.input["text"], "files": answer["files"], "server_pid": answer["server_pid"]}
     result = ctx.workdir / "result.json"
     result.write_text(json.dumps(answer))
     stored = await ctx.put_output(result, "result.json", "application/json")

@@ -1,0 +1,204 @@
+"""What the fleet costs: latency added to a sync /process call, and tasks/s through the fleet.
+
+Starts a real task API (SQLite), consumer processes, and a fake model server that answers at once
+(tests/consumer/fake_model_server.py), all on loopback, plus the test plugin that provides the
+``fake_model`` workflow (pip-installed into a temp dir, not the shared venv).
+
+    python bench/consumer_bench.py [--calls 300] [--tasks 2000] [--consumers 2] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+FAKE = ROOT / "tests" / "consumer" / "fake_model_server.py"
+PLUGIN = ROOT / "tests" / "consumer" / "plugin_pkg"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**extra) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLEET_")}
+    e.update({k: str(v) for k, v in extra.items()})
+    return e
+
+
+def wait_up(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+class Fleet:
+    def __init__(self, tmp: Path, consumers: int, concurrency: int, capacity: int) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen] = []
+        site = tmp / "site"
+        subprocess.run(
+            [PY, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site), str(self._copy_plugin())],
+            check=True, capture_output=True,
+        )
+        pythonpath = f"{site}{os.pathsep}{ROOT}"
+        storage = (tmp / "storage")
+        storage.mkdir()
+        logs = open(tmp / "procs.log", "ab")
+
+        self.model_url = f"http://127.0.0.1:{free_port()}"
+        port = self.model_url.rsplit(":", 1)[1]
+        self._start([PY, str(FAKE), "--port", port, "--capacity", str(capacity)], env(PYTHONPATH=ROOT), logs)
+        wait_up(self.model_url + "/health", self.procs[-1])
+
+        api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{api_port}"
+        self._start(
+            [PY, "-m", "task_api", "--port", str(api_port), "--log-level", "warning"],
+            env(PYTHONPATH=pythonpath, TASKFLEET_DATABASE_URL=f"sqlite:///{tmp}/tasks.db",
+                TASKFLEET_STORAGE_URL=storage.as_uri()),
+            logs,
+        )
+        wait_up(self.api_url + "/health", self.procs[-1])
+        for i in range(consumers):
+            mport = free_port()
+            self._start(
+                [PY, "-m", "consumer"],
+                env(PYTHONPATH=pythonpath, TASKFLEET_API_URL=self.api_url, TASKFLEET_WORKFLOWS="fake_model,echo",
+                    TASKFLEET_MODEL_SERVER_URLS=json.dumps({"fake": [self.model_url]}),
+                    TASKFLEET_STORAGE_URL=storage.as_uri(), TASKFLEET_CONCURRENCY=concurrency,
+                    TASKFLEET_METRICS_PORT=mport, TASKFLEET_LOG_LEVEL="WARNING", TASKFLEET_CONSUMER_ID=f"bench{i}"),
+                logs,
+            )
+            wait_up(f"http://127.0.0.1:{mport}/metrics", self.procs[-1])
+
+    def _copy_plugin(self) -> Path:
+        dst = self.tmp / "plugin_src"
+        shutil.copytree(PLUGIN, dst)
+        return dst
+
+    def _start(self, args, environment, logs) -> None:
+        self.procs.append(subprocess.Popen(args, env=environment, cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT))
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+async def bench_latency(fleet: Fleet, calls: int) -> dict[str, float]:
+    body = {"text": "hi", "store": False}
+    async with httpx.AsyncClient(timeout=60) as http:
+        for _ in range(20):  # warm up both paths
+            await http.post(fleet.model_url + "/process", json={"text": "hi"})
+            await http.post(fleet.api_url + "/api/fake_model/process", json=body)
+        direct, fleet_ms = [], []
+        for _ in range(calls):
+            t = time.perf_counter()
+            r = await http.post(fleet.model_url + "/process", json={"text": "hi"})
+            direct.append((time.perf_counter() - t) * 1000)
+            assert r.status_code == 200
+            t = time.perf_counter()
+            r = await http.post(fleet.api_url + "/api/fake_model/process", json=body)
+            fleet_ms.append((time.perf_counter() - t) * 1000)
+            assert r.status_code == 200, r.text
+    return {
+        "direct_p50": statistics.median(direct), "direct_p99": pct(direct, 99),
+        "fleet_p50": statistics.median(fleet_ms), "fleet_p99": pct(fleet_ms, 99),
+        "added_p50": statistics.median(fleet_ms) - statistics.median(direct),
+    }
+
+
+async def bench_throughput(fleet: Fleet, workflow: str, n: int, producers: int = 8) -> float:
+    body = {"text": "x", "store": False} if workflow == "fake_model" else {"data": "x"}
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=producers)) as http:
+        started = time.perf_counter()
+        ids: list[str] = []
+
+        async def produce(count: int) -> None:
+            for _ in range(count):
+                r = await http.post(fleet.api_url + "/api/tasks", json={"workflow": workflow, "input": body})
+                r.raise_for_status()
+                ids.append(r.json()["task_id"])
+
+        await asyncio.gather(*(produce(n // producers) for _ in range(producers)))
+        submitted = time.perf_counter()
+        pending = set(ids)
+        while pending:
+            r = await http.get(fleet.api_url + "/api/tasks", params={"status": "COMPLETED", "workflow": workflow, "limit": 1})
+            # Count via the task list is paginated; poll the oldest submitted ones instead.
+            for tid in list(pending)[:50]:
+                t = (await http.get(f"{fleet.api_url}/api/tasks/{tid}")).json()
+                if t["status"] == "COMPLETED":
+                    pending.discard(tid)
+                elif t["status"] in ("FAILED", "CANCELLED"):
+                    raise RuntimeError(t)
+            if pending:
+                await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        print(f"  {workflow}: {len(ids)} tasks submitted in {submitted - started:.2f}s, all done after {elapsed:.2f}s")
+        return len(ids) / elapsed
+
+
+async def main_async(args) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="consumer-bench-"))
+    fleet = Fleet(tmp, args.consumers, args.concurrency, capacity=max(64, args.concurrency * args.consumers))
+    try:
+        lat = await bench_latency(fleet, args.calls)
+        print(f"sync /process latency over {args.calls} sequential calls (ms):")
+        print(f"  direct to fake model server: p50 {lat['direct_p50']:.2f}  p99 {lat['direct_p99']:.2f}")
+        print(f"  through the fleet:           p50 {lat['fleet_p50']:.2f}  p99 {lat['fleet_p99']:.2f}")
+        print(f"  added by the fleet at p50:   {lat['added_p50']:.2f} ms (target <= 10)")
+        print(f"throughput, {args.consumers} consumer(s) x concurrency {args.concurrency}:")
+        for wf in ("echo", "fake_model"):
+            rate = await bench_throughput(fleet, wf, args.tasks)
+            print(f"  {wf}: {rate:.0f} tasks/s end to end (submit -> completed)")
+    finally:
+        fleet.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--calls", type=int, default=300)
+    p.add_argument("--tasks", type=int, default=2000)
+    p.add_argument("--consumers", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=32)
+    asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
