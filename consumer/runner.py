@@ -102,8 +102,13 @@ class Consumer:
         self.client = client or ConsumerClient(
             settings.api_url, settings.consumer_token, consumer_id=settings.consumer_id
         )
-        self.storage = storage if storage is not None else _open_storage(settings)
         self.runnables = runnables if runnables is not None else resolve(settings.workflows)
+        if storage is None:
+            try:
+                storage = _open_storage(settings)
+            except TaskfleetError as exc:
+                raise ConfigError(f"TASKFLEET_STORAGE_URL: {exc.message}") from exc
+        self.storage = storage
         self.pools = self._build_pools(model_transport)
         self.guard = UrlGuard(settings.url_allowlist)
         self.fetcher = InputFetcher(
@@ -287,41 +292,47 @@ class Consumer:
         current_workflow.set(r.name)
         self.metrics.in_flight.labels(r.name).inc()
         started = time.perf_counter()
-        workdir = Path(tempfile.mkdtemp(prefix=f"{running.task_id}-", dir=self.settings.work_dir))
         outcome = "error"
+        workdir: Path | None = None
         heartbeat: asyncio.Task | None = None
         try:
             if self.stopping:
                 outcome = "released"
                 await self._report(running.task_id, "release", running.lease_id)
                 return
-            lease_s = max(1.0, _seconds_until(task["lease"]["expires_at"]))
-            ctx = self._context(running, workdir)
-            running.ctx = ctx
-            running.work = asyncio.create_task(self._process(r, ctx))
-            heartbeat = asyncio.create_task(self._heartbeat_loop(running, lease_s))
-            timeout_s = max(0.05, float(task.get("timeout_s") or r.workflow.timeout_s) - TIMEOUT_MARGIN_S)
-            done, _ = await asyncio.wait({running.work}, timeout=timeout_s)
-            if not done:
-                running.stop("timeout")
+            output: Any = None
+            error: BaseException | None = None
             try:
-                output = await running.work
-                error: BaseException | None = None
-            except asyncio.CancelledError:
-                if running.stop_reason is None:  # we ourselves are being cancelled
-                    raise
-                output, error = None, None
-            except BaseException as exc:  # noqa: BLE001 -- every failure of a processor is reported
-                output, error = None, exc
-            heartbeat.cancel()
+                workdir = Path(tempfile.mkdtemp(prefix=f"{running.task_id}-", dir=self.settings.work_dir))
+                lease_s = max(1.0, _seconds_until(task["lease"]["expires_at"]))
+                running.ctx = self._context(running, workdir)
+            except Exception as exc:  # noqa: BLE001 -- e.g. a full disk: reported like a processor failure
+                error = exc
+            else:
+                running.work = asyncio.create_task(self._process(r, running.ctx))
+                heartbeat = asyncio.create_task(self._heartbeat_loop(running, lease_s))
+                timeout_s = max(0.05, float(task.get("timeout_s") or r.workflow.timeout_s) - TIMEOUT_MARGIN_S)
+                done, _ = await asyncio.wait({running.work}, timeout=timeout_s)
+                if not done:
+                    running.stop("timeout")
+                try:
+                    output = await running.work
+                except asyncio.CancelledError:
+                    if running.stop_reason is None:
+                        # Not our doing: the processor let a cancellation of its own escape.
+                        error = ProcessorError("the processor was cancelled from inside")
+                except Exception as exc:  # noqa: BLE001 -- every failure of a processor is reported
+                    error = exc
+                heartbeat.cancel()
             outcome = await self._finish(running, output, error)
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
             if running.work is not None and not running.work.done():
                 running.work.cancel()
-            # Inline, not in a thread: unlinking a few files is cheaper than the thread hop.
-            shutil.rmtree(workdir, ignore_errors=True)
+            if workdir is not None:
+                # Inline, not in a thread: unlinking a few files is cheaper than the thread hop.
+                shutil.rmtree(workdir, ignore_errors=True)
             self.running.pop(running.task_id, None)
             self.metrics.in_flight.labels(r.name).dec()
             self.metrics.tasks.labels(r.name, outcome).inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -39,7 +40,9 @@ class ConsumerSettings(BaseSettings):
     breaker_reset_s: float = 5.0  # open → half-open probe after this long (doubles while it keeps failing)
     outage_backoff_max_s: float = 30.0  # cap on the pause after releasing a task for an outage
 
-    storage_url: str = "file://./var/storage"  # the API's default too: one local stack shares it
+    # ./var/storage, the API's default too, so one local stack shares it (the storage package
+    # takes absolute file:// URLs only).
+    storage_url: str = Field(default_factory=lambda: Path("var/storage").resolve().as_uri())
     public_url: str | None = None  # where the API serves local-storage files; default: api_url
     url_expiry_s: int = 3600
     max_input_mb: float = 2048
