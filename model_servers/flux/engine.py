@@ -8,9 +8,11 @@ switches while no pipeline call is running (see batcher.py).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,6 +95,9 @@ def list_loras(lora_dir: Path) -> list[str]:
     return sorted(names)
 
 
+_UNKNOWN = object()
+
+
 class FluxEngine:
     def __init__(self, settings: FluxSettings) -> None:
         self.settings = settings
@@ -102,8 +107,8 @@ class FluxEngine:
         self.defaults = DEFAULTS["dev"]
         self.device = "cpu"
         self.pipe = None
-        self._loaded_loras: set[str] = set()
-        self._active: tuple[str, float] | None = None
+        self._loaded_loras: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self._active: object = None  # (name, weight), None for the base model, or _UNKNOWN
         # Only the batcher calls use_lora, between runs; the lock makes a misuse fail safe, not racy.
         self._lora_lock = threading.Lock()
 
@@ -155,14 +160,20 @@ class FluxEngine:
                     pipe.disable_lora()
                 self._active = None
                 return
-            if name not in self._loaded_loras:
+            if name in self._loaded_loras:
+                self._loaded_loras.move_to_end(name)
+            else:
                 path = find_lora_file(self.lora_dir, name)
+                while len(self._loaded_loras) >= self.settings.flux_max_loras:
+                    old, _ = self._loaded_loras.popitem(last=False)
+                    pipe.delete_adapters([old])
+                    self._active = _UNKNOWN
                 try:
                     pipe.load_lora_weights(str(path), adapter_name=name)
                 except Exception as exc:  # a corrupt file or one made for another model
                     self._forget_adapter(name)
                     raise InvalidInput(f"LoRA {name!r} could not be loaded: {exc}", code="lora_invalid") from exc
-                self._loaded_loras.add(name)
+                self._loaded_loras[name] = None
             pipe.enable_lora()
             pipe.set_adapters([name], adapter_weights=[weight])
             self._active = key
@@ -173,7 +184,21 @@ class FluxEngine:
         except Exception:  # nothing of it was loaded
             pass
         # A failed load may have left the pipeline on some other adapter set: re-apply next time.
-        self._active = ("", -1.0)
+        self._active = _UNKNOWN
+
+    def _call_view(self):
+        """A pipeline sharing every model with the loaded one but owning its scheduler.
+
+        The scheduler keeps the running step index and sigmas, and the pipeline object keeps
+        per-call fields (guidance, timestep); two calls overlapping on GPU slots must not share them.
+        """
+        from diffusers import FluxPipeline
+
+        components = dict(self.pipe.components)
+        components["scheduler"] = copy.deepcopy(self.pipe.scheduler)
+        view = FluxPipeline(**components)
+        view.set_progress_bar_config(disable=True)
+        return view
 
     def generate(
         self,
@@ -193,7 +218,7 @@ class FluxEngine:
         # and each image's noise does not depend on what else shares the batch.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         try:
-            out = self.pipe(
+            out = self._call_view()(
                 prompt=prompts,
                 width=width,
                 height=height,

@@ -29,6 +29,8 @@ class FluxSettings(ModelServerSettings):
     # Images one pipeline call may carry; concurrent compatible requests share a call up to this.
     # 1 turns request batching off.
     flux_max_batch: int = Field(4, ge=1, le=64)
+    # LoRAs kept loaded; past this the least recently used one is unloaded (then reloaded when asked for).
+    flux_max_loras: int = Field(8, ge=1)
 
     def model_path(self) -> Path:
         return Path(self.flux_model) if self.flux_model else Path(self.models_dir) / "flux"

@@ -223,3 +223,30 @@ async def test_folder_that_is_not_a_diffusers_model_is_unhealthy(tmp_path, start
         assert "model_index.json" in health["message"]
     finally:
         server.close()
+
+
+async def test_overlapping_calls_on_two_slots_do_not_share_scheduler_state(flux_server):
+    # Different step counts and sizes never share a call, and with no LoRA they may run at once on
+    # the two slots: each must still get exactly the image it gets alone.
+    setups = [{"num_inference_steps": s, "width": w} for s in (1, 2, 3) for w in (64, 80)]
+    refs = [(await generate(flux_server, seed=31, **kw))["images"][0] for kw in setups]
+    for _ in range(3):
+        results = await asyncio.gather(*(generate(flux_server, seed=31, **kw) for kw in setups))
+        for kw, ref, body in zip(setups, refs, results):
+            assert max_diff(body["images"][0], ref) <= BATCH_TOLERANCE, kw
+
+
+async def test_loras_past_the_cap_are_unloaded_and_reloaded_when_asked_for(flux_server, start_flux_server, tiny_flux):
+    plan = [("style_a", 1.0), ("style_b", 1.0), ("style_a", 0.7), (None, 1.0), ("style_b", 1.0)]
+    refs = [(await generate(flux_server, seed=41, lora_name=n, lora_weight=w))["images"][0] for n, w in plan]
+    server = start_flux_server(
+        flux_model=str(tiny_flux["model"]), lora_dir=str(tiny_flux["loras"]), flux_max_loras=1, flux_cpu_threads=1
+    )
+    try:
+        for (name, weight), ref in zip(plan, refs):
+            got = (await generate(server, seed=41, lora_name=name, lora_weight=weight))["images"][0]
+            assert max_diff(got, ref) <= BATCH_TOLERANCE, (name, weight)
+        loaded = server.app.state.flux_engine.pipe.get_list_adapters()
+        assert loaded == {"transformer": ["style_b"]}
+    finally:
+        server.close()
