@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
+import mmap
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -287,15 +289,23 @@ class Storage(ABC):
 
     async def _file_parts(self, path: Path, part_size: int) -> AsyncIterator[bytes]:
         """Read ``path`` a part at a time on the pool; the consumer pulls, so memory stays bounded."""
-        fh = await self._io(open, path, "rb")
+        fh = await self._io(open, path, "rb", 0)
         try:
             first = True
             while True:
-                part = await self._io(fh.read, part_size)
-                if part or first:  # an empty file is one empty part; no empty part after a full one
-                    yield part
+                part = new_part(part_size)
+                filled = await self._io(_read_into, fh, part)
+                if filled == 0:
+                    part.close()
+                    if first:  # an empty file is one empty part
+                        yield b""
+                    return
                 first = False
-                if len(part) < part_size:
+                if filled < part_size:
+                    part.resize(filled)
+                yield part  # type: ignore[misc]
+                del part
+                if filled < part_size:
                     return
         finally:
             await self._io(fh.close)
@@ -314,24 +324,65 @@ class Storage(ABC):
 async def rechunk(chunks: AsyncIterable[bytes] | Iterable[bytes], size: int) -> AsyncIterator[bytes]:
     """Regroup a stream of any-sized chunks into ``size``-byte parts (the last may be shorter;
     an empty stream gives one empty part, so every object has at least one)."""
-    pending: list[bytes] = []
-    held = 0
+    part: mmap.mmap | None = None
+    filled = 0
     emitted = False
     async for chunk in _aiter(chunks):
         if isinstance(chunk, str):
-            raise StorageError("put_stream needs bytes, got str", code=INVALID_KEY)
-        if not chunk:
-            continue
-        pending.append(bytes(chunk))
-        held += len(chunk)
-        while held >= size:
-            joined = b"".join(pending)
-            yield joined[:size]
-            emitted = True
-            rest = joined[size:]
-            pending, held = ([rest] if rest else []), len(rest)
-    if pending or not emitted:
-        yield b"".join(pending)
+            raise TypeError("put_stream needs bytes, got str")
+        view = memoryview(chunk).cast("B")
+        while view:
+            if part is None:
+                part, filled = new_part(size), 0
+            take = min(len(view), size - filled)
+            part.write(view[:take])
+            filled += take
+            view = view[take:]
+            if filled == size:
+                yield part  # type: ignore[misc]
+                part, emitted = None, True
+    if part is not None:
+        part.resize(filled)
+        yield part  # type: ignore[misc]
+    elif not emitted:
+        yield b""
+
+
+def _read_into(fh: io.RawIOBase, buf: mmap.mmap) -> int:
+    """Fill ``buf`` from ``fh``; fewer bytes only at end of file (a raw read may return less)."""
+    view = memoryview(buf)
+    filled = 0
+    try:
+        while filled < len(view):
+            n = fh.readinto(view[filled:])
+            if not n:
+                break
+            filled += n
+    finally:
+        view.release()
+    return filled
+
+
+def new_part(size: int) -> mmap.mmap:
+    """A buffer for one part, mapped straight from the kernel.
+
+    Parts are several MiB and come and go at the rate of the transfer. From malloc, glibc's
+    sliding mmap threshold soon serves them from per-thread arenas that keep the memory after
+    it is freed (RSS grew ~140 MB on a 256 MB upload); an anonymous map is returned to the
+    kernel the moment the last reference goes.
+    """
+    return mmap.mmap(-1, size)
+
+
+def rewound(part: bytes | mmap.mmap) -> bytes | mmap.mmap:
+    """``part`` ready to be sent again from its first byte (SDKs read mmaps as files)."""
+    if isinstance(part, mmap.mmap):
+        part.seek(0)
+    return part
+
+
+def as_file(part: bytes | mmap.mmap) -> io.BufferedIOBase | mmap.mmap:
+    return rewound(part) if isinstance(part, mmap.mmap) else io.BytesIO(part)
 
 
 async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterator[bytes]:

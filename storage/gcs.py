@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from storage.base import MiB, ObjectInfo, Storage
+from storage.base import MiB, ObjectInfo, Storage, as_file, rewound
 from storage.errors import (
     ACCESS_DENIED,
     INVALID_CONFIG,
@@ -214,8 +214,8 @@ class GCSStorage(Storage):
     # ---- uploads ----
 
     def _upload_small_sync(self, key: str, data: bytes, content_type: str) -> None:
-        self._bucket.blob(key).upload_from_string(
-            data, content_type=content_type, retry=None, timeout=self._timeout
+        self._bucket.blob(key).upload_from_file(
+            as_file(data), size=len(data), content_type=content_type, retry=None, timeout=self._timeout
         )
 
     def _create_session_sync(self, key: str, content_type: str, size: int | None) -> str:
@@ -232,7 +232,7 @@ class GCSStorage(Storage):
         while True:
             size = "*" if total is None else str(total)
             headers = {"Content-Range": f"bytes {start}-{end - 1}/{size}"}
-            resp = self._session.put(session_url, data=data, headers=headers, timeout=self._timeout)
+            resp = self._session.put(session_url, data=rewound(data), headers=headers, timeout=self._timeout)
             persisted = self._resumable_reply(resp)
             if persisted == _DONE or persisted >= end:
                 return persisted
@@ -277,7 +277,8 @@ class GCSStorage(Storage):
                         raise StorageError(
                             f"GCS lost confirmed bytes (holds {offset}, expected {start})", code=STORAGE_ERROR
                         )
-                await self._run(self._put_chunk_sync, session_url, data[offset - start :], offset, total)
+                rest = data if offset == start else data[offset - start :]
+                await self._run(self._put_chunk_sync, session_url, rest, offset, total)
 
     async def _put_parts(
         self, key: str, parts: AsyncIterator[bytes], size: int | None, content_type: str

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from storage.base import MiB, ObjectInfo, Storage
+from storage.base import MiB, ObjectInfo, Storage, rewound
 from storage.errors import (
     ACCESS_DENIED,
     NOT_FOUND,
@@ -168,7 +168,7 @@ class S3Storage(Storage):
     # ---- uploads ----
 
     def _put_object_sync(self, key: str, data: bytes, content_type: str) -> None:
-        self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        self._client.put_object(Bucket=self.bucket, Key=key, Body=rewound(data), ContentType=content_type)
 
     def _create_upload_sync(self, key: str, content_type: str) -> str:
         return self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)[
@@ -177,7 +177,7 @@ class S3Storage(Storage):
 
     def _upload_part_sync(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         return self._client.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=rewound(data)
         )["ETag"]
 
     def _complete_sync(self, key: str, upload_id: str, etags: dict[int, str]) -> None:
