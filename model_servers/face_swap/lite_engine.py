@@ -66,6 +66,43 @@ def detect_faces(
     return sorted(boxes, key=lambda b: -b[2] * b[3])
 
 
+def find_eyes(grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
+    """Eye centres (left, right) in image coordinates, or None when the guess looks implausible."""
+    x, y, w, h = box
+    face = grey[max(y, 0) : y + h, max(x, 0) : x + w]
+    if face.shape[0] < 16 or face.shape[1] < 16:
+        return None
+    face = cv2.GaussianBlur(face.astype(np.float32), (0, 0), max(1.0, w / 30))
+    top, bottom = int(0.25 * h), int(0.55 * h)
+    eyes = []
+    for x0, x1 in ((0.15, 0.5), (0.5, 0.85)):
+        band = face[top:bottom, int(x0 * w) : int(x1 * w)]
+        if band.size == 0:
+            return None
+        darkest, _, spot, _ = cv2.minMaxLoc(band)
+        if float(np.median(band)) - darkest < 8:  # no dark spot stands out: not an eye
+            return None
+        eyes.append((max(x, 0) + int(x0 * w) + spot[0], max(y, 0) + top + spot[1]))
+    eyes_arr = np.array(eyes, np.float32)
+    dx, dy = eyes_arr[1] - eyes_arr[0]
+    # Eyes sit roughly level and a third to a half of the face width apart; anything else is a
+    # shadow, an eyebrow or a frame of glasses, and the box alone aligns better.
+    if not (0.25 * w <= dx <= 0.6 * w) or abs(dy) > 0.2 * dx:
+        return None
+    return eyes_arr
+
+
+def eye_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The similarity transform (2x3) taking the eye pair ``src`` onto ``dst``."""
+    sv, dv = src[1] - src[0], dst[1] - dst[0]
+    scale = float(np.linalg.norm(dv) / max(np.linalg.norm(sv), 1e-6))
+    angle = float(np.arctan2(dv[1], dv[0]) - np.arctan2(sv[1], sv[0]))
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    rot = np.array([[c, -s], [s, c]], np.float32)
+    shift = dst[0] - rot @ src[0]
+    return np.hstack([rot, shift[:, None]]).astype(np.float32)
+
+
 def face_ellipse(w: int, h: int, mouth: bool) -> np.ndarray:
     """Where the source face replaces the target's: an ellipse over eyes, nose and mouth."""
     mask = np.zeros((h, w), np.uint8)
@@ -103,17 +140,23 @@ class LiteEngine:
         boxes = detect_faces(cascade, source, IMAGE_DETECT_SIDE)
         if not boxes:
             raise NoSourceFace("no face found in the source image")
-        x, y, w, h = boxes[0]
-        return LiteSwapper(cascade, source[y : y + h, x : x + w].copy(), options, video=video)
+        box = boxes[0]
+        eyes = find_eyes(cv2.cvtColor(source, cv2.COLOR_BGR2GRAY), box)
+        return LiteSwapper(cascade, source, box, eyes, options, video=video)
 
 
 class LiteSwapper:
     enhanced = False  # GFPGAN needs landmarks this engine does not have
     parallel = False  # carries face boxes from frame to frame
 
-    def __init__(self, cascade, source_face: np.ndarray, options: FaceSwapOptions, *, video: bool) -> None:
+    def __init__(
+        self, cascade, source: np.ndarray, box, eyes: np.ndarray | None, options: FaceSwapOptions, *, video: bool
+    ) -> None:
         self.cascade = cascade
-        self.source_face = source_face
+        self.source = source
+        x, y, w, h = box
+        self.source_face = source[y : y + h, x : x + w].copy()
+        self.source_eyes = eyes
         self.many = options.many_faces
         self.mouth = options.mouth_mask
         self.video = video
@@ -163,19 +206,30 @@ class LiteSwapper:
         if not self.many:
             targets = targets[:1]
         done = 0
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if targets and self.source_eyes is not None else None
         for box in targets:
-            if self._swap_one(frame, box):
+            if self._swap_one(frame, box, grey):
                 done += 1
         return frame, done
 
-    def _swap_one(self, frame: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    def _source_patch(self, box, grey: np.ndarray | None) -> np.ndarray:
+        """The source face as a ``w x h`` patch over the target box: eye-aligned when both eye pairs are known."""
+        x, y, w, h = box
+        target_eyes = find_eyes(grey, box) if grey is not None else None
+        if self.source_eyes is not None and target_eyes is not None:
+            affine = eye_transform(self.source_eyes, target_eyes - np.array([x, y], np.float32))
+            return cv2.warpAffine(self.source, affine, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        small = w < self.source_face.shape[1]
+        return cv2.resize(self.source_face, (w, h), interpolation=cv2.INTER_AREA if small else cv2.INTER_CUBIC)
+
+    def _swap_one(self, frame: np.ndarray, box: tuple[int, int, int, int], grey: np.ndarray | None) -> bool:
         fh, fw = frame.shape[:2]
         x, y, w, h = box
         # Clip to the frame (seamlessClone needs its region inside the destination) with a 1 px margin.
         x0, y0, x1, y1 = max(x, 1), max(y, 1), min(x + w, fw - 1), min(y + h, fh - 1)
         if x1 - x0 < 8 or y1 - y0 < 8:
             return False
-        face = cv2.resize(self.source_face, (w, h), interpolation=cv2.INTER_AREA if w < self.source_face.shape[1] else cv2.INTER_CUBIC)
+        face = self._source_patch(box, grey)
         mask = face_ellipse(w, h, self.mouth)
         sx, sy = x0 - x, y0 - y
         face = face[sy : sy + (y1 - y0), sx : sx + (x1 - x0)]

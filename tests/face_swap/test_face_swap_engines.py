@@ -137,3 +137,22 @@ def test_lite_swaps_real_faces_and_leaves_the_rest(lite, photos, source_name, ta
 def test_lite_without_a_face_in_the_source(lite, photos):
     with pytest.raises(NoSourceFace):
         lite.start(cv2.imread(str(photos["noface"])), FaceSwapOptions(), video=False)
+
+
+def test_lite_eye_alignment(photos):
+    from model_servers.face_swap.lite_engine import eye_transform, find_eyes
+
+    for name in ("astronaut", "hopper"):
+        img = cv2.imread(str(photos[name]))
+        grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        (x, y, w, h), *_ = detect_faces(_cascade(), img, IMAGE_DETECT_SIDE)
+        eyes = find_eyes(grey, (x, y, w, h))
+        assert eyes is not None
+        (lx, ly), (rx, ry) = eyes
+        assert x < lx < x + w / 2 < rx < x + w and y + 0.2 * h < ly < y + 0.6 * h and abs(ly - ry) < 0.1 * h
+    # A flat patch has no eyes worth trusting: the box alone aligns then.
+    assert find_eyes(np.full((200, 200), 128, np.uint8), (20, 20, 150, 150)) is None
+    src = np.array([[10, 20], [50, 20]], np.float32)
+    dst = np.array([[100, 100], [100, 180]], np.float32)  # rotated 90 degrees, twice the size
+    m = eye_transform(src, dst)
+    assert np.allclose(src @ m[:, :2].T + m[:, 2], dst, atol=1e-4)
