@@ -110,11 +110,13 @@ class ModelServerPool:
         breaker_reset_s: float = 5.0,
         metrics: Metrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         if not urls:
             raise ValueError(f"model server kind {kind!r} has no URLs")
         self.kind = kind
         self.health_ttl_s = health_ttl_s
+        self.connect_timeout_s = connect_timeout_s
         self.metrics = metrics
         self.endpoints = [
             Endpoint(u, CircuitBreaker(breaker_failures, breaker_reset_s), transport) for u in urls
@@ -147,7 +149,9 @@ class ModelServerPool:
     async def _check(self, ep: Endpoint) -> None:
         in_flight_before = ep.in_flight
         try:
-            response = await ep.client.get("/health", timeout=HEALTH_TIMEOUT_S)
+            response = await ep.client.get(
+                "/health", timeout=httpx.Timeout(HEALTH_TIMEOUT_S, connect=min(HEALTH_TIMEOUT_S, self.connect_timeout_s))
+            )
             body = response.json() if response.status_code == 200 else {}
         except (httpx.HTTPError, ValueError) as exc:
             ep.health = HealthSnapshot(False, "unreachable", str(exc) or type(exc).__name__, checked_at=time.monotonic())
@@ -237,7 +241,7 @@ class ModelServerClient:
     def __init__(self, pool: ModelServerPool, timeout_s: float) -> None:
         self.pool = pool
         self.kind = pool.kind
-        self.timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
+        self.timeout = httpx.Timeout(timeout_s, connect=min(pool.connect_timeout_s, timeout_s))
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One call, its response read whole; raises on anything but 2xx (see module doc)."""
@@ -266,7 +270,7 @@ class ModelServerClient:
         timeout = kwargs.get("timeout", self.timeout)
         if isinstance(timeout, (int, float)):
             # A bare number would stretch the connect timeout too, and a dead server must be noticed fast.
-            timeout = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT_S, timeout))
+            timeout = httpx.Timeout(timeout, connect=min(self.pool.connect_timeout_s, timeout))
         kwargs["timeout"] = timeout
         try:
             async for attempt in AsyncRetrying(

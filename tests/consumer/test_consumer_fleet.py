@@ -45,6 +45,7 @@ async def test_echo_end_to_end(stack, log_dir):
         assert failed["status"] == "FAILED"
         assert failed["error"]["code"] == "echo_retryable"
         assert failed["attempts"] == 2  # retried up to max_attempts
+    assert list(stack.work_root.iterdir()) == []  # every task's temp directory is gone
 
 
 def fake_env(*servers, **extra):
@@ -76,6 +77,33 @@ async def test_plugin_workflow_end_to_end(stack, fake_servers):
     assert stored.exists()
     assert httpx.get(out["result_url"]).json()["fields"]["text"] == "hello"  # served by the API
     assert server.stats()["completed"] == 1
+
+
+async def test_retried_attempt_overwrites_its_output(stack, fake_servers):
+    server = fake_servers()
+    stack.consumer(**fake_env(server))
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("fake_model", {"text": "again", "fail_attempts": 1}, max_attempts=2)
+        done = await client.wait(task["task_id"], timeout=30)
+    assert done["status"] == "COMPLETED" and done["attempts"] == 2, stack.logs()
+    folder = stack.storage_root / "fake_model" / task["task_id"]
+    assert [p.name for p in folder.iterdir()] == ["result.json"]  # one object, not one per attempt
+    assert json.loads((folder / "result.json").read_text())["attempt"] == 2
+
+
+async def test_heartbeats_keep_the_lease_and_carry_progress(stack):
+    """The API's lease is 2 s; a 3 s task survives on heartbeats, and its progress shows meanwhile."""
+    stack.consumer()
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("echo", {"data": 1, "sleep_s": 3})
+        seen = set()
+        while (current := await client.get(task["task_id"]))["status"] in ("PENDING", "PROCESSING"):
+            seen.add(current["progress"]["percent"])
+            await asyncio.sleep(0.1)
+        detail = await client.get(task["task_id"])
+    assert detail["status"] == "COMPLETED", stack.logs()
+    assert outcomes(detail) == ["completed"]  # never expired, never taken over
+    assert any(0 < p < 100 for p in seen), seen
 
 
 async def test_input_uploaded_to_api_reaches_model_server(stack, fake_servers, tmp_path):
@@ -203,12 +231,12 @@ async def test_sigterm_drains_in_flight_work_then_exits_0(stack):
         assert later["status"] in ("PENDING", "COMPLETED")
 
 
-async def test_sigterm_releases_what_does_not_finish_within_grace(stack):
+async def test_sigint_releases_what_does_not_finish_within_grace(stack):
     consumer = stack.consumer(TASKFLEET_SHUTDOWN_GRACE_S=0.5)
     async with ProducerClient(stack.url) as client:
         task = await client.submit("echo", {"data": 1, "sleep_s": 30})
         await wait_status(client, task["task_id"], {"PROCESSING"})
-        consumer.signal(signal.SIGTERM)
+        consumer.signal(signal.SIGINT)
         assert consumer.wait(30) == 0, stack.logs()
         detail = await client.get(task["task_id"])
     assert detail["status"] == "PENDING" and detail["attempts"] == 0, detail

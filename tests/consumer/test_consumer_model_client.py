@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from consumer.circuit import CircuitBreaker, CircuitState
 from consumer.errors import ModelServerError, ModelServerTimeout, ModelServerUnavailable
 from consumer.metrics import Metrics
-from consumer.model_client import ModelServerPool
+from consumer.model_client import HealthSnapshot, ModelServerPool
 
 
 def make_pool(*servers, **kw) -> ModelServerPool:
@@ -211,3 +212,32 @@ def test_circuit_breaker_states():
     assert breaker.state is CircuitState.HALF_OPEN
     breaker.record_success()
     assert breaker.state is CircuitState.CLOSED and breaker.failures == 0
+
+
+async def test_connect_timeout_is_an_outage():
+    """A server that never accepts the connection (SYNs dropped: a full listen backlog)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the backlog; later SYNs get no answer
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    pool = ModelServerPool("fake", [f"http://127.0.0.1:{port}"], connect_timeout_s=0.2, health_ttl_s=60)
+    ep = pool.endpoints[0]
+    ep.health = HealthSnapshot(healthy=True, status="healthy", capacity=1, checked_at=time.monotonic())
+    try:
+        with pytest.raises(ModelServerUnavailable) as info:
+            await pool.client(10).request("POST", "/process", json={})
+        assert "ConnectTimeout" in info.value.message
+        assert ep.breaker.state is CircuitState.OPEN
+    finally:
+        await pool.aclose()
+        for s in fillers:
+            s.close()
+        listener.close()

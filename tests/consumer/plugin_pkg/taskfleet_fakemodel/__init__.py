@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskfleet.errors import TaskfleetError
 from taskfleet.workflows import Workflow
 
 
@@ -18,6 +19,7 @@ class FakeModelInput(BaseModel):
     sleep_s: float = Field(0.0, ge=0, le=600)  # how long the model server takes
     source_url: str | None = None  # fetched by the consumer and uploaded to the server
     store: bool = True  # False: return the server's answer without writing an output (benchmarks)
+    fail_attempts: int = 0  # fail (retryably) this many first attempts, after storing the output
 
 
 FAKE_MODEL = Workflow(name="fake_model", input_model=FakeModelInput, model_server="fake", timeout_s=300)
@@ -38,8 +40,10 @@ async def process(ctx) -> dict[str, Any]:
     if not ctx.input["store"]:
         return {"text": ctx.input["text"], "files": answer["files"], "server_pid": answer["server_pid"]}
     result = ctx.workdir / "result.json"
-    result.write_text(json.dumps(answer))
+    result.write_text(json.dumps({**answer, "attempt": ctx.attempt}))
     stored = await ctx.put_output(result, "result.json", "application/json")
+    if ctx.attempt <= ctx.input["fail_attempts"]:
+        raise TaskfleetError("failing this attempt on request", code="fake_flaky", retryable=True)
     return {
         "text": ctx.input["text"],
         "files": answer["files"],
