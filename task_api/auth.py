@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 from fastapi import Request
 
@@ -48,10 +48,11 @@ class Authenticator:
                 found = kind
         return found
 
-    def require(self, route_kind: str) -> Callable[[Request], None]:
+    def require(self, route_kind: str) -> Callable[[Request], Awaitable[None]]:
         allowed = ALLOWED[route_kind]
 
-        def dependency(request: Request) -> None:
+        # async: a plain def dependency would be run in a worker thread on every request.
+        async def dependency(request: Request) -> None:
             if self.open:
                 return
             header = request.headers.get("authorization", "")

@@ -1,6 +1,8 @@
 """Consumer routes (the seed's /api/comm namespace): long-poll fetch, heartbeat, complete, fail, release.
 
 Every write is fenced on the caller's lease: a stale lease gets 409 lease_lost and changes nothing.
+These are the hot routes, so they hand back ready JSONResponses (the response models only
+document them) instead of paying for a second validation of what the queue just produced.
 """
 
 from __future__ import annotations
@@ -70,33 +72,33 @@ def consumer_router(svc: Services) -> APIRouter:
         return JSONResponse({"tasks": tasks})
 
     @router.post("/api/comm/task/{task_id}/heartbeat", response_model=HeartbeatResponse)
-    async def heartbeat(task_id: str, body: HeartbeatRequest) -> dict[str, Any]:
+    async def heartbeat(task_id: str, body: HeartbeatRequest) -> JSONResponse:
         progress = body.progress.model_dump() if body.progress is not None else None
         result = await queue.heartbeat(task_id, body.lease_id, progress)
         workflow = result.pop("workflow")
         if result["cancel_requested"]:
             attempts.labels(workflow, "cancelled").inc()
-        return result
+        return JSONResponse(result)
 
     @router.post("/api/comm/task/{task_id}/complete", response_model=StatusResponse)
-    async def complete(task_id: str, body: CompleteRequest) -> dict[str, Any]:
+    async def complete(task_id: str, body: CompleteRequest) -> JSONResponse:
         row = await queue.complete(task_id, body.lease_id, body.output)
         attempts.labels(row["workflow"], "completed").inc()
-        return status_body(row)
+        return JSONResponse(status_body(row))
 
     @router.post("/api/comm/task/{task_id}/fail", response_model=StatusResponse)
-    async def fail(task_id: str, body: FailRequest) -> dict[str, Any]:
+    async def fail(task_id: str, body: FailRequest) -> JSONResponse:
         error = {**body.error.model_dump(), "retryable": body.retryable}
         row = await queue.fail(
             task_id, body.lease_id, error=error, retryable=body.retryable, retry_after_s=body.retry_after_s
         )
         attempts.labels(row["workflow"], "failed").inc()
-        return status_body(row)
+        return JSONResponse(status_body(row))
 
     @router.post("/api/comm/task/{task_id}/release", response_model=StatusResponse)
-    async def release(task_id: str, body: LeaseRequest) -> dict[str, Any]:
+    async def release(task_id: str, body: LeaseRequest) -> JSONResponse:
         row = await queue.release(task_id, body.lease_id)
         attempts.labels(row["workflow"], "released").inc()
-        return status_body(row)
+        return JSONResponse(status_body(row))
 
     return router
