@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,10 @@ class FluxEngine:
             # bf16 is what FLUX.1 was trained in; on CPU it is slow and partly unsupported.
             dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
         dtype = getattr(torch, dtype_name)
-        pipe = FluxPipeline.from_pretrained(str(self.model_dir), dtype=dtype, local_files_only=True)
+        with warnings.catch_warnings():
+            # diffusers 0.42 renamed torch_dtype to dtype; the old name works from 0.32 (our floor) on.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = FluxPipeline.from_pretrained(str(self.model_dir), torch_dtype=dtype, local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
         if s.flux_cpu_offload == "model":
             pipe.enable_model_cpu_offload(device=device)

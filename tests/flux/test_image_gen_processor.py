@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import subprocess
+from types import SimpleNamespace
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
 from consumer.context import TaskContext
-from consumer.errors import ModelServerUnavailable
+from consumer.errors import ModelServerError, ModelServerUnavailable
 from consumer.model_client import ModelServerPool
 from consumer.processors.image_gen import process
 from taskfleet.errors import TaskfleetError
@@ -30,8 +32,6 @@ class DirStorage:
         return f"out/{workflow}/{task_id}/{name}"
 
     async def put_file(self, key: str, path: Path, content_type: str | None = None):
-        from types import SimpleNamespace
-
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         data = Path(path).read_bytes()
@@ -113,3 +113,30 @@ def test_the_fleet_side_imports_no_torch():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class CannedServer:
+    """Answers every call with one fixed body, as a misbehaving server would."""
+
+    def __init__(self, body) -> None:
+        self.body = body
+
+    async def request(self, method: str, path: str, **kw) -> httpx.Response:
+        return httpx.Response(200, json=self.body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"images": [{"seed": 1, "width": 64, "height": 64, "content_type": "image/png", "data": "not base64!"}]},
+        {"images": [{"seed": 1}]},
+        {"images": []},
+        ["not", "an", "object"],
+    ],
+)
+async def test_a_malformed_server_answer_fails_the_attempt_retryably(tmp_path, body):
+    ctx = make_ctx(tmp_path, "http://127.0.0.1:9", {"prompt": "x"})
+    ctx._pools = {"flux": CannedServer(body)}
+    with pytest.raises(ModelServerError) as err:
+        await process(ctx)
+    assert err.value.retryable is True
