@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 class Progress:
     percent: float = 0.0
     message: str = ""
-    version: int = 0  # bumped on every change so the heartbeat loop knows what it has sent
 
 
 @dataclass
@@ -61,7 +60,6 @@ class TaskContext:
         """
         self._progress.percent = max(0.0, min(100.0, float(percent)))
         self._progress.message = message
-        self._progress.version += 1
         if self._cancel_requested():
             raise TaskCancelled("cancel requested")
         if self._on_progress is not None:

@@ -246,9 +246,12 @@ class Consumer:
             try:
                 # Not cancelled on stop: the API may have leased tasks to us already, and a response
                 # dropped on the floor would leave them leased until expiry (and count an attempt).
-                tasks = await asyncio.shield(
-                    self.client.fetch(names, limit=limit, wait_s=self.settings.fetch_wait_s)
-                )
+                wait_s = self.settings.fetch_wait_s
+                if len(names) < len(self.runnables):
+                    # Some workflows are held back (server down or full): poll briefly, so that
+                    # they are asked for again soon after their capacity returns.
+                    wait_s = min(wait_s, 1.0)
+                tasks = await asyncio.shield(self.client.fetch(names, limit=limit, wait_s=wait_s))
                 api_backoff = 0.0
             except (TaskfleetError, httpx.HTTPError) as exc:
                 api_backoff = min(max(api_backoff * 2, 0.5), 15.0)
