@@ -50,6 +50,10 @@ class InputFetcher:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        for other in self._foreign.values():
+            if hasattr(other, "aclose"):
+                await other.aclose()
+        self._foreign.clear()
 
     async def _check_hop(self, request: httpx.Request) -> None:
         # Each redirect hop passes the scheme rule too; its addresses are checked at connect time.

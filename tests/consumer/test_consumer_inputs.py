@@ -197,3 +197,70 @@ async def test_storage_input_size_capped(fetcher, store, tmp_path):
     obj = await store.put_bytes("inputs/big.bin", b"\0" * (2 * MB))
     with pytest.raises(InputTooLarge):
         await fetcher.fetch(obj.storage_url, tmp_path / "in.bin", storage=store)
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    """A real S3-compatible server (moto in server mode) on loopback, with two buckets."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+    import httpx
+
+    from conftest import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "moto did not start"
+                time.sleep(0.1)
+        s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        for bucket in ("fleet", "elsewhere"):
+            s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket="fleet", Key="outputs/in/a.bin", Body=b"own bucket")
+        s3.put_object(Bucket="elsewhere", Key="b/c.bin", Body=b"other bucket")
+        yield url
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+async def test_s3_inputs_go_through_storage(moto_url, tmp_path, monkeypatch):
+    """s3:// inputs: the configured bucket, and another bucket reached with the same endpoint."""
+    from consumer.runner import _open_storage
+    from consumer.settings import ConsumerSettings
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    settings = ConsumerSettings(storage_url=f"s3://fleet/outputs?endpoint_url={moto_url}")
+    store = _open_storage(settings)
+    fetcher = InputFetcher(UrlGuard(), max_bytes=1 * MB, open_storage=lambda url: _open_storage(settings, url))
+    try:
+        dest = tmp_path / "a.bin"
+        assert await fetcher.fetch("s3://fleet/outputs/in/a.bin", dest, storage=store) == len(b"own bucket")
+        assert dest.read_bytes() == b"own bucket"
+        dest = tmp_path / "c.bin"
+        assert await fetcher.fetch("s3://elsewhere/b/c.bin", dest, storage=store) == len(b"other bucket")
+        assert dest.read_bytes() == b"other bucket"
+        with pytest.raises(InputFetchError) as info:
+            await fetcher.fetch("s3://elsewhere/b/missing.bin", tmp_path / "m.bin", storage=store)
+        assert info.value.code == "input_not_found"
+    finally:
+        await fetcher.aclose()
+        await store.aclose()
