@@ -61,7 +61,7 @@ def _models(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="taskfleet models", description="Operator tools for model weights")
     sub = parser.add_subparsers(dest="action", required=True)
     download = sub.add_parser("download", help="download a model server's weights, with checksums")
-    download.add_argument("name", choices=["face_swap"])
+    download.add_argument("name", choices=["face_swap", "flux"])
     args, rest = parser.parse_known_args(argv)
     _delegate(f"model_servers.{args.name}.download", rest)
 
