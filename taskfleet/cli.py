@@ -58,12 +58,12 @@ def _submit(argv: list[str]) -> None:
 
 
 def _models(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="taskfleet models", description="Operator tools for model weights")
-    sub = parser.add_subparsers(dest="action", required=True)
-    download = sub.add_parser("download", help="download a model server's weights, with checksums")
-    download.add_argument("name", choices=["face_swap", "flux"])
-    args, rest = parser.parse_known_args(argv)
-    _delegate(f"model_servers.{args.name}.download", rest)
+    names = ("face_swap", "flux")
+    if len(argv) < 2 or argv[0] != "download" or argv[1] not in names:
+        print(f"usage: taskfleet models download {{{','.join(names)}}} [options]", file=sys.stderr)
+        sys.exit(2)
+    # The rest, --help included, belongs to that model server's download tool.
+    _delegate(f"model_servers.{argv[1]}.download", argv[2:])
 
 
 def main(argv: list[str] | None = None) -> None:
