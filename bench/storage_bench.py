@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(dir="/tmp", prefix="storage-bench-"))
     source = work / "bench.mp4"
     servers: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    logs = {name: open(work / f"{name}-server.log", "wb") for name in ("s3", "gcs")}  # noqa: SIM115
     try:
         print(f"writing a {args.size_mb} MB test file to {source} ...", flush=True)
         digest = _write_test_file(source, args.size_mb * MiB)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             port = _free_port()
             proc = subprocess.Popen(
                 [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=work,
+                stdout=logs["s3"], stderr=subprocess.STDOUT, env=env, cwd=work,
             )
             servers.append(proc)
             _wait_http(f"http://127.0.0.1:{port}/moto-api/", proc)
@@ -191,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
             port = _free_port()
             proc = subprocess.Popen(
                 [str(BIN / "gcp-storage-emulator"), "start", "-H", "127.0.0.1", "--port", str(port),
-                 "--in-memory", "-q", "--default-bucket", "bench"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=work,
+                 "--in-memory", "--default-bucket", "bench"],
+                stdout=logs["gcs"], stderr=subprocess.STDOUT, env=env, cwd=work,
             )
             servers.append(proc)
             _wait_http(f"http://127.0.0.1:{port}/", proc)
@@ -207,7 +208,9 @@ def main(argv: list[str] | None = None) -> None:
                 capture_output=True, text=True, env=env, cwd=ROOT,
             )
             if out.returncode != 0:
-                print(f"{name:8} FAILED\n{out.stderr[-2000:]}", flush=True)
+                server_log = (work / f"{name}-server.log").read_text(errors="replace") if name in logs else ""
+                errors = [line for line in server_log.splitlines() if " 200 " not in line and " 206 " not in line]
+                print(f"{name:8} FAILED\n{out.stderr[-3000:]}\nserver log:\n" + "\n".join(errors[-40:]), flush=True)
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(
@@ -216,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     finally:
+        for fh in logs.values():
+            fh.close()
         for proc in servers:
             proc.terminate()
             try:

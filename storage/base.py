@@ -253,8 +253,10 @@ class Storage(ABC):
         if close is not None:
             try:
                 await self._run(close)
-            except StorageError:
-                pass  # closing a broken connection: nothing left to save
+            except (StorageError, ValueError):
+                # A broken connection has nothing left to save; a read still running in the
+                # pool (its await was cancelled) closes the connection itself when it ends.
+                pass
 
     async def get_bytes(self, key: str) -> bytes:
         return b"".join([chunk async for chunk in self.stream(key, chunk_size=8 * MiB)])
@@ -278,7 +280,7 @@ class Storage(ABC):
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.storage_url_for(self.prefix or 'x').rsplit('/', 1)[0]}>"
+        return f"<{type(self).__name__} {self.storage_url_for(self.prefix)}>"
 
     # ---- helpers for subclasses ----
 

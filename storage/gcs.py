@@ -37,6 +37,7 @@ log = logging.getLogger("storage")
 GOOGLE_ENDPOINT = "https://storage.googleapis.com"
 CHUNK_ALIGN = 256 * 1024  # GCS wants every resumable chunk but the last in multiples of this
 DEFAULT_GCS_PART_SIZE = 16 * MiB
+MAX_URL_EXPIRY_S = 7 * 24 * 3600  # V4 signed URLs live at most a week
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 _DONE = -1
 
@@ -177,7 +178,7 @@ class GCSStorage(Storage):
             }
         return self._bucket.blob(key).generate_signed_url(
             version="v4",
-            expiration=datetime.timedelta(seconds=self.url_expiry_s),
+            expiration=datetime.timedelta(seconds=min(self.url_expiry_s, MAX_URL_EXPIRY_S)),
             method="GET",
             api_access_endpoint=self.endpoint_url or GOOGLE_ENDPOINT,
             credentials=self._credentials if not kwargs else None,

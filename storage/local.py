@@ -118,6 +118,7 @@ class LocalStorage(Storage):
         self, key: str, path: str | os.PathLike[str], content_type: str | None = None
     ) -> StoredObject:
         target = self.local_path(key)
+        await self._io(os.stat, path)  # a missing source is the caller's FileNotFoundError, as on every backend
         size = await self._run(_copy_atomically, Path(path), target)
         return await self._stored(key, size, content_type or guess_content_type(key))
 

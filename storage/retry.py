@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from tenacity import (
     AsyncRetrying,
-    Retrying,
-    before_sleep_log,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_chain,
@@ -27,6 +26,12 @@ log = logging.getLogger("storage")
 
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, StorageError) and exc.retryable
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.warning("storage: attempt %d failed (%s); retrying in %.2gs", state.attempt_number, exc, wait)
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,8 @@ class RetryPolicy:
             wait=wait,
             retry=retry_if_exception(_is_retryable),
             reraise=True,
-            before_sleep=before_sleep_log(log, logging.WARNING),
+            before_sleep=_log_retry,
         )
 
     def async_retrying(self) -> AsyncRetrying:
         return AsyncRetrying(**self._kwargs())
-
-    def retrying(self) -> Retrying:
-        """For retries inside a worker thread (a multipart part, a resumable chunk)."""
-        return Retrying(**self._kwargs())

@@ -29,6 +29,7 @@ from storage.errors import (
 
 R2_HOST_SUFFIX = "r2.cloudflarestorage.com"
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+MAX_URL_EXPIRY_S = 7 * 24 * 3600  # SigV4 presigned URLs live at most a week
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "NotFound", "404"}
 _DENIED_CODES = {
@@ -139,7 +140,7 @@ class S3Storage(Storage):
         if self.public_base_url:
             return f"{self.public_base_url}/{quote(key)}"
         return self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_expiry_s
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=min(self.url_expiry_s, MAX_URL_EXPIRY_S)
         )
 
     def storage_url_for(self, key: str) -> str:
