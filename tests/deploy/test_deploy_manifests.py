@@ -1,0 +1,490 @@
+"""deploy/ checked against the code it deploys: settings names, entrypoints, probe routes and
+ports, secrets, service URLs, drain periods, and KEDA's two queue-depth triggers run for real
+(the postgresql query on a migrated Postgres, the Prometheus selector on the API's /metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+import deploy_model as dm
+from consumer.settings import ConsumerSettings
+from model_servers.face_swap.settings import FaceSwapSettings
+from model_servers.flux.settings import FluxSettings
+from model_servers.tts.settings import TtsSettings
+from support import api_process, free_port, postgres_database
+from task_api.settings import ApiSettings
+from taskfleet.workflows import WorkflowRegistry
+
+SETTINGS_BY_MODULE = {
+    "task_api": ApiSettings,
+    "consumer": ConsumerSettings,
+    "model_servers.face_swap": FaceSwapSettings,
+    "model_servers.face_swap.download": FaceSwapSettings,
+    "model_servers.flux": FluxSettings,
+    "model_servers.flux.download": FluxSettings,
+    "model_servers.tts": TtsSettings,
+}
+ALL_SETTINGS = set(SETTINGS_BY_MODULE.values())
+PREFIX = "TASKFLEET_"
+NAME = re.compile(r"\bTASKFLEET_[A-Z0-9_]*[A-Z0-9]\b")
+CONTAINERS = dm.all_containers()
+
+
+def settings_field(cls, env_name: str) -> str | None:
+    assert cls.model_config["env_prefix"] == PREFIX
+    name = env_name[len(PREFIX):].lower() if env_name.startswith(PREFIX) else None
+    return name if name in cls.model_fields else None
+
+
+def test_every_yaml_file_parses_into_named_objects():
+    paths = sorted(dm.DEPLOY.rglob("*.yaml")) + sorted(dm.DEPLOY.rglob("*.yml"))
+    assert {p.name for p in paths} >= {"compose.yaml", "compose.gpu.yaml", "api.yaml", "consumers.yaml",
+                                      "model-servers.yaml", "prometheus.yaml", "postgresql.yaml"}
+    for path in paths:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        assert docs, f"{path} is empty"
+    kinds = set()
+    for path, doc in dm.k8s_documents():
+        assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path.name}: {doc}"
+        assert doc["metadata"].get("name"), f"{path.name}: a {doc['kind']} without a name"
+        kinds.add(doc["kind"])
+    assert kinds >= {"Deployment", "Service", "Secret", "ScaledObject", "TriggerAuthentication"}
+
+
+def test_kustomization_lists_the_base_manifests():
+    kustomization = yaml.safe_load((dm.K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    for name in listed:
+        assert (dm.K8S / name).is_file(), name
+    # Every top-level manifest is applied by `kubectl apply -k`; keda/ and jobs/ are applied
+    # by hand (one of the two KEDA files; jobs once).
+    assert listed == {p.name for p in dm.K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    images = {i["name"] for i in kustomization["images"]}
+    used = {c["image"] for _, d in dm.k8s_kind("Deployment") for c in dm.pod_spec(d)["containers"]}
+    assert used <= images, used - images
+
+
+def test_every_taskfleet_name_in_deploy_is_a_settings_field():
+    unknown = {}
+    for path in sorted(p for p in dm.DEPLOY.rglob("*") if p.is_file()):
+        for name in set(NAME.findall(path.read_text(errors="replace"))):
+            if not any(settings_field(cls, name) for cls in ALL_SETTINGS):
+                unknown.setdefault(name, []).append(str(path.relative_to(dm.ROOT)))
+    assert not unknown, f"names no settings class reads: {unknown}"
+
+
+@pytest.mark.parametrize("container", CONTAINERS, ids=lambda c: c.where)
+def test_each_process_is_given_only_names_its_own_settings_read(container):
+    cls = SETTINGS_BY_MODULE.get(container.module)
+    assert cls, f"{container.where}: runs {container.module}, which deploy tests do not know"
+    stray = [n for n in container.env if n.startswith(PREFIX) and not settings_field(cls, n)]
+    assert not stray, f"{container.where} ({container.module}, {cls.__name__}) ignores {stray}"
+
+
+@pytest.mark.parametrize("module", sorted({c.module for c in CONTAINERS}))
+def test_entrypoint_modules_exist_and_have_main(module):
+    spec = importlib.util.find_spec(module)
+    assert spec is not None, module
+    target = module + ".__main__" if spec.submodule_search_locations else module
+    source = Path(importlib.util.find_spec(target).origin).read_text()
+    assert "def main(" in source and '__name__ == "__main__"' in source, f"python -m {module} runs nothing"
+
+
+def test_dockerfile_final_images_run_as_non_root_with_a_healthcheck():
+    stages = dm.dockerfile_stages()
+    finals = {name: s for name, s in stages.items() if s.entrypoint}
+    assert set(finals) == {"api", "consumer", "face-swap", "flux", "tts"}
+    for name, stage in finals.items():
+        assert stage.user and stage.user not in ("root", "0"), f"{name} runs as root"
+        assert stage.healthcheck, f"{name} has no HEALTHCHECK"
+    # The fleet carries no model runtime: the API and consumer images install the storage extra only.
+    text = dm.DOCKERFILE.read_text()
+    fleet_install = re.search(r"FROM builder AS fleet-build\n(.*?)\n\n", text, re.S)[1]
+    assert 'pip install ".[storage]"' in fleet_install
+    assert "ONNXRUNTIME" in stages["face-swap-build"].args and "TORCH_INDEX_URL" in stages["flux-build"].args
+    assert "espeak-ng" in re.search(r"FROM runtime-base AS tts\n(.*?)(?:\n\n|\Z)", text, re.S)[1]
+
+
+def test_compose_build_targets_exist_in_the_dockerfile():
+    stages = dm.dockerfile_stages()
+    for file_name, services in dm.compose_services().items():
+        for name, service in services.items():
+            target = (service.get("build") or {}).get("target")
+            if target:
+                assert target in stages, f"{file_name} {name}: no Dockerfile stage {target}"
+                assert stages[target].entrypoint, f"{file_name} {name}: {target} is not a runnable stage"
+
+
+def _listen_port(container: dm.Container) -> int:
+    cls = SETTINGS_BY_MODULE[container.module]
+    value = container.env.get("TASKFLEET_PORT")
+    return int(value) if isinstance(value, str) else cls.model_fields["port"].default
+
+
+async def _route_status(module: str, path: str, tmp_path: Path) -> int:
+    if module == "task_api":
+        from task_api.app import create_app
+
+        app = create_app(ApiSettings(database_url=f"sqlite:///{tmp_path}/t.db", storage_url=f"file://{tmp_path}/s"))
+    else:
+        app_module = importlib.import_module(module + ".app")
+        app = app_module.create_app(SETTINGS_BY_MODULE[module]())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
+        return (await client.get(path)).status_code
+
+
+async def test_probes_hit_routes_the_apps_serve_on_the_ports_they_listen_on(tmp_path):
+    seen = {}
+    probed = [(c, p) for c in CONTAINERS for p in c.probes]
+    assert len(probed) >= 20
+    for container, probe in probed:
+        if container.module == "consumer":
+            # The consumer's only HTTP server is its Prometheus endpoint.
+            assert probe.path == "/metrics", container.where
+            assert probe.port == int(container.env["TASKFLEET_METRICS_PORT"]), container.where
+            continue
+        assert probe.port == _listen_port(container), f"{container.where}: probes {probe.port}, serves {_listen_port(container)}"
+        if container.declared_ports:
+            assert probe.port in container.declared_ports, container.where
+        key = (container.module, probe.path)
+        if key not in seen:
+            seen[key] = await _route_status(container.module, probe.path, tmp_path)
+        # Without its lifespan the API's /ready answers 503 (no database yet); a path the app
+        # does not serve would be 404 and a wrong method 405.
+        assert seen[key] not in (404, 405), f"{container.where}: GET {probe.path} -> {seen[key]}"
+    assert seen[("task_api", "/health")] == 200
+    assert seen[("task_api", "/ready")] == 503
+    for kind in ("face_swap", "flux", "tts"):
+        assert seen[(f"model_servers.{kind}", "/health")] == 200
+
+
+def test_consumer_metrics_endpoint_answers_where_the_probe_looks():
+    from consumer.metrics import Metrics
+
+    server = Metrics().serve("127.0.0.1", 0)
+    try:
+        reply = httpx.get(f"http://127.0.0.1:{server.server_port}/metrics", trust_env=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reply.status_code == 200 and "taskfleet_consumer_in_flight" in reply.text
+
+
+def test_consumers_get_longer_to_stop_than_they_take_to_drain():
+    defaults = ConsumerSettings.model_fields
+
+    def drain_s(env: dict) -> float:
+        grace = env.get("TASKFLEET_SHUTDOWN_GRACE_S") or defaults["shutdown_grace_s"].default
+        fetch = env.get("TASKFLEET_FETCH_WAIT_S") or defaults["fetch_wait_s"].default
+        return float(grace) + float(fetch)
+
+    deployments = [(p, d) for p, d in dm.k8s_kind("Deployment") if d["spec"]["template"]["spec"]["containers"][0].get("command", [])[-1:] == ["consumer"]]
+    assert len(deployments) == 3
+    for _, doc in deployments:
+        spec = dm.pod_spec(doc)
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert spec["terminationGracePeriodSeconds"] > drain_s(env), doc["metadata"]["name"]
+    service = dm.compose_services()["compose.yaml"]["consumer"]
+    assert dm.compose_duration_s(service["stop_grace_period"]) > drain_s(service["environment"])
+
+
+def _secrets() -> dict[str, set[str]]:
+    out = {}
+    for _, doc in dm.k8s_kind("Secret"):
+        out[doc["metadata"]["name"]] = set(doc.get("stringData", {})) | set(doc.get("data", {}))
+    return out
+
+
+def test_every_secret_reference_resolves():
+    secrets = _secrets()
+    refs = []
+    for path, doc in dm.k8s_documents():
+        if doc["kind"] in ("Deployment", "Job"):
+            for c in dm.pod_spec(doc)["containers"]:
+                for e in c.get("env", []):
+                    ref = e.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        refs.append((path.name, ref["name"], ref["key"]))
+        elif doc["kind"] == "TriggerAuthentication":
+            refs += [(path.name, r["name"], r["key"]) for r in doc["spec"]["secretTargetRef"]]
+        elif doc["kind"] == "ServiceMonitor":
+            for endpoint in doc["spec"]["endpoints"]:
+                cred = endpoint.get("authorization", {}).get("credentials")
+                if cred:
+                    refs.append((path.name, cred["name"], cred["key"]))
+    assert len(refs) >= 10
+    for where, name, key in refs:
+        assert key in secrets.get(name, set()), f"{where}: Secret {name} has no key {key}"
+    # Tokens never sit in a manifest as plain values.
+    for container in dm.k8s_containers():
+        for name, value in container.env.items():
+            if name.endswith(("_TOKEN", "_TOKENS", "_DATABASE_URL")):
+                assert value is dm.SECRET, f"{container.where}: {name} is not taken from a Secret"
+
+
+def _k8s_listening_ports() -> dict[str, tuple[dict, dict[str, int]]]:
+    """Deployment pod labels and named container ports, by Deployment name."""
+    out = {}
+    for _, doc in dm.k8s_kind("Deployment"):
+        ports = {p.get("name", str(p["containerPort"])): p["containerPort"] for c in dm.pod_spec(doc)["containers"] for p in c.get("ports", [])}
+        out[doc["metadata"]["name"]] = (doc["spec"]["template"]["metadata"]["labels"], ports)
+    return out
+
+
+def test_service_urls_reach_a_listening_container():
+    deployments = _k8s_listening_ports()
+    services = {d["metadata"]["name"]: d for _, d in dm.k8s_kind("Service")}
+    urls = [(c, m) for c in dm.k8s_containers() for v in c.env.values() if isinstance(v, str)
+            for m in re.finditer(r"http://([a-z0-9-]+):(\d+)", v)]
+    assert len(urls) >= 6
+    for container, match in urls:
+        host, port = match[1], int(match[2])
+        service = services.get(host)
+        assert service, f"{container.where}: no Service {host}"
+        entry = next((p for p in service["spec"]["ports"] if p["port"] == port), None)
+        assert entry, f"{container.where}: Service {host} has no port {port}"
+        selected = [(labels, ports) for labels, ports in deployments.values()
+                    if service["spec"]["selector"].items() <= labels.items()]
+        assert selected, f"Service {host} selects no Deployment"
+        for _, ports in selected:
+            target = entry["targetPort"]
+            assert (ports.get(target) if isinstance(target, str) else target) in ports.values(), f"Service {host}: {target}"
+    # compose: a URL's host is a service and its port the one that service's process listens on.
+    compose = {c.where.split()[-1]: c for c in dm.compose_containers() if c.where.startswith("compose.yaml")}
+    services_c = dm.compose_services()["compose.yaml"]
+    for container in compose.values():
+        for value in container.env.values():
+            for match in re.finditer(r"http://([a-z0-9-]+):(\d+)", value or ""):
+                host, port = match[1], int(match[2])
+                if host in ("localhost", "127.0.0.1"):  # a link for the host's browser: a published port
+                    published = [p for svc in services_c.values() for p in svc.get("ports", [])]
+                    assert any(str(p).split(":")[-2] == str(port) for p in published), f"{container.where}: {value}"
+                    continue
+                assert host in services_c, f"{container.where}: no compose service {host}"
+                if host in compose:
+                    assert port == _listen_port(compose[host]), f"{container.where}: {host} listens on {_listen_port(compose[host])}"
+
+
+def _scaled_objects(file_name: str) -> dict[str, dict]:
+    docs = [d for p, d in dm.k8s_kind("ScaledObject") if p.name == file_name]
+    return {d["metadata"]["name"]: d for d in docs}
+
+
+PROM_QUERY = re.compile(r'^sum\(max by \(status\) \((taskfleet_tasks\{[^}]*\})\)\) or vector\(0\)$')
+SELECTOR = re.compile(r"^(\w+)\{(.*)\}$")
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def _matchers(selector: str) -> tuple[str, list[tuple[str, str, str]]]:
+    m = SELECTOR.match(selector)
+    assert m, selector
+    return m[1], MATCHER.findall(m[2])
+
+
+def _matches(labels: dict, matchers) -> bool:
+    for name, op, value in matchers:
+        actual = labels.get(name, "")
+        ok = {"=": actual == value, "!=": actual != value,
+              "=~": re.fullmatch(value, actual) is not None, "!~": re.fullmatch(value, actual) is None}[op]
+        if not ok:
+            return False
+    return True
+
+
+def _workflows_of_prometheus(query: str) -> set[str]:
+    m = PROM_QUERY.match(query)
+    assert m, f"unexpected query shape (the test evaluates exactly this shape): {query}"
+    _, matchers = _matchers(m[1])
+    wf = [v for n, op, v in matchers if n == "workflow"]
+    assert len(wf) == 1
+    return set(wf[0].split("|"))
+
+
+def _workflows_of_sql(query: str) -> set[str]:
+    m = re.search(r"workflow IN \(([^)]*)\)", query)
+    assert m, query
+    return {w.strip().strip("'") for w in m[1].split(",")}
+
+
+def _served_workflows(target: str) -> set[str]:
+    """What a scale target's pods work on: a consumer's TASKFLEET_WORKFLOWS, a model server's workflows."""
+    registry = WorkflowRegistry.from_entry_points()
+    for _, doc in dm.k8s_kind("Deployment"):
+        if doc["metadata"]["name"] != target:
+            continue
+        container = dm.pod_spec(doc)["containers"][0]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if "TASKFLEET_WORKFLOWS" in env:
+            return set(env["TASKFLEET_WORKFLOWS"].split(","))
+        kind = container["command"][-1].rsplit(".", 1)[-1]
+        return {w.name for w in registry.all() if w.model_server == kind}
+    raise AssertionError(f"no Deployment {target}")
+
+
+def test_scaled_objects_target_deployments_on_the_workflows_they_serve():
+    registry_names = {w.name for w in WorkflowRegistry.from_entry_points().all()}
+    deployments = {d["metadata"]["name"] for _, d in dm.k8s_kind("Deployment")}
+    consumers = {n for n in deployments if n.startswith("consumer-")}
+    auths = {d["metadata"]["name"] for _, d in dm.k8s_kind("TriggerAuthentication")}
+    for file_name, kind in (("prometheus.yaml", "prometheus"), ("postgresql.yaml", "postgresql")):
+        objects = _scaled_objects(file_name)
+        targets = {o["spec"]["scaleTargetRef"]["name"] for o in objects.values()}
+        assert targets <= deployments and consumers <= targets, f"{file_name}: {targets}"
+        for name, obj in objects.items():
+            [trigger] = obj["spec"]["triggers"]
+            assert trigger["type"] == kind
+            meta = trigger["metadata"]
+            if kind == "prometheus":
+                assert meta["activationThreshold"] == "0" and float(meta["threshold"]) > 0
+                workflows = _workflows_of_prometheus(meta["query"])
+            else:
+                assert meta["activationTargetQueryValue"] == "0" and float(meta["targetQueryValue"]) > 0
+                assert trigger["authenticationRef"]["name"] in auths
+                workflows = _workflows_of_sql(meta["query"])
+            assert workflows <= registry_names, f"{file_name} {name}: {workflows - registry_names}"
+            assert workflows == _served_workflows(obj["spec"]["scaleTargetRef"]["name"]), f"{file_name} {name}"
+            if obj["spec"]["scaleTargetRef"]["name"] in consumers:
+                assert obj["spec"]["minReplicaCount"] == 0, f"{name}: consumers scale from zero"
+
+
+def test_fleet_runs_without_model_runtimes(tmp_path):
+    """The API and consumer images hold no torch or ONNX Runtime: their code must not need them."""
+    script = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {{"torch", "onnxruntime", "numpy", "cv2", "diffusers", "transformers",
+                                   "insightface", "piper", "PIL", "skimage", "onnx"}}:
+            raise ImportError("blocked in the fleet image: " + name)
+sys.meta_path.insert(0, Block())
+from task_api.app import create_app
+from task_api.settings import ApiSettings
+create_app(ApiSettings(database_url="sqlite:///{tmp_path}/f.db", storage_url="file://{tmp_path}/s"))
+from consumer.registry import load_processors
+from consumer.settings import ConsumerSettings
+import consumer.runner, consumer.__main__
+processors = load_processors()
+assert {{"echo", "tts", "image_gen", "face_swap"}} <= set(processors), processors
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=dm.ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+class _Reply(BaseHTTPRequestHandler):
+    replies: dict[str, tuple[int, bytes]] = {}
+
+    def do_GET(self):  # noqa: N802
+        status, body = self.replies[self.path]
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _healthcheck(port: int, *args: str) -> int:
+    env = {"TASKFLEET_PORT": str(port), "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, str(dm.DEPLOY / "healthcheck.py"), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, timeout=30).returncode
+
+
+def test_healthcheck_script_fails_on_errors_and_unhealthy_model_servers():
+    _Reply.replies = {
+        "/loading": (200, json.dumps({"status": "loading"}).encode()),
+        "/unhealthy": (200, json.dumps({"status": "unhealthy", "message": "models missing"}).encode()),
+        "/down": (503, b'{"error": {"code": "database_unavailable"}}'),
+        "/metrics": (200, b"# HELP x\nx 1\n"),
+    }
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Reply)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        assert _healthcheck(port, "/loading") == 0
+        assert _healthcheck(port, "/metrics") == 0
+        assert _healthcheck(port, "/unhealthy") == 1
+        assert _healthcheck(port, "/down") == 1
+        assert _healthcheck(free_port(), "/loading") == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ------------------------------------------------------------------------------ real Postgres
+
+TOKENS = {"TASKFLEET_PRODUCER_TOKENS": "prod-token", "TASKFLEET_CONSUMER_TOKENS": "cons-token"}
+INPUTS = {
+    "echo": {"data": 1},
+    "tts": {"text": "hello"},
+    "image_gen": {"prompt": "a lighthouse"},
+    "face_swap": {"source_url": "https://example.com/a.jpg", "target_url": "https://example.com/b.jpg"},
+}
+
+
+async def _query(url: str, sql: str):
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+def test_keda_triggers_count_the_same_outstanding_work_on_a_real_database(tmp_path):
+    with postgres_database() as url, api_process(url, tmp_path, **TOKENS) as api:
+        producer = httpx.Client(base_url=api.url, headers={"authorization": "Bearer prod-token"}, trust_env=False)
+        consumer = httpx.Client(base_url=api.url, headers={"authorization": "Bearer cons-token"}, trust_env=False)
+        created = {}
+        for workflow, count in (("echo", 4), ("tts", 2), ("image_gen", 3), ("face_swap", 1)):
+            for _ in range(count):
+                reply = producer.post("/api/tasks", json={"workflow": workflow, "input": INPUTS[workflow]})
+                assert reply.status_code == 201, reply.text
+                created.setdefault(workflow, []).append(reply.json()["task_id"])
+        # echo: 1 leased (PROCESSING), 1 cancelled, 2 PENDING; image_gen: 1 leased, 2 PENDING.
+        for workflow in ("echo", "image_gen"):
+            reply = consumer.get("/api/comm/task/fetch", params={"workflow": workflow, "consumer_id": "t", "wait_s": 0})
+            assert reply.status_code == 200, reply.text
+        pending_echo = [t for t in created["echo"] if producer.get(f"/api/tasks/{t}").json()["status"] == "PENDING"]
+        assert producer.post(f"/api/tasks/{pending_echo[0]}/cancel").json()["status"] == "CANCELLED"
+        outstanding = {"echo": 3, "tts": 2, "image_gen": 3, "face_swap": 1}
+        pending_total = 2 + 2 + 2 + 1
+
+        for name, obj in _scaled_objects("postgresql.yaml").items():
+            query = obj["spec"]["triggers"][0]["metadata"]["query"]
+            expected = sum(outstanding[w] for w in _workflows_of_sql(query))
+            assert asyncio.run(_query(url, query)) == expected, f"postgresql.yaml {name}: {query}"
+
+        text = httpx.get(api.url + "/metrics", trust_env=False).text
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+        names = {s.name for s in samples}
+        assert "taskfleet_queue_depth" in names
+        assert next(s.value for s in samples if s.name == "taskfleet_queue_depth") == pending_total
+        for name, obj in _scaled_objects("prometheus.yaml").items():
+            query = obj["spec"]["triggers"][0]["metadata"]["query"]
+            metric, matchers = _matchers(PROM_QUERY.match(query)[1])
+            assert metric in names, f"prometheus.yaml {name}: /metrics has no {metric}"
+            # One replica: max by (status) over replicas is that replica's value.
+            value = sum(s.value for s in samples if s.name == metric and _matches(s.labels, matchers))
+            expected = sum(outstanding[w] for w in _workflows_of_prometheus(query))
+            assert value == expected, f"prometheus.yaml {name}: {query} -> {value}, want {expected}"
+
+        assert _healthcheck(api.port, "/ready") == 0
