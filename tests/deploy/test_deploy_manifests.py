@@ -120,6 +120,24 @@ def test_dockerfile_final_images_run_as_non_root_with_a_healthcheck():
     assert "espeak-ng" in re.search(r"FROM runtime-base AS tts\n(.*?)(?:\n\n|\Z)", text, re.S)[1]
 
 
+def test_everything_the_dockerfile_copies_is_in_the_build_context():
+    allowed = {line[1:].rstrip("/") for line in (dm.DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    sources = []
+    for word, rest in dm.dockerfile_instructions(dm.DOCKERFILE.read_text()):
+        if word == "COPY" and "--from=" not in rest:
+            sources += rest.split()[:-1]
+    assert len(sources) >= 8
+    for source in sources:
+        assert source.rstrip("/") in allowed, f"COPY {source}: excluded by deploy/Dockerfile.dockerignore"
+        assert (dm.ROOT / source).exists(), f"COPY {source}: no such path"
+    # The package's own layout: every package setuptools installs is copied.
+    import tomllib
+
+    include = tomllib.loads((dm.ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {pattern.rstrip("*") for pattern in include} <= {s.rstrip("/") for s in sources}
+
+
 def test_compose_build_targets_exist_in_the_dockerfile():
     stages = dm.dockerfile_stages()
     for file_name, services in dm.compose_services().items():
@@ -278,6 +296,25 @@ def test_service_urls_reach_a_listening_container():
                 assert host in services_c, f"{container.where}: no compose service {host}"
                 if host in compose:
                     assert port == _listen_port(compose[host]), f"{container.where}: {host} listens on {_listen_port(compose[host])}"
+
+
+async def test_storage_urls_open_and_compose_links_are_readable():
+    from storage import open_storage
+
+    services = dm.compose_services()["compose.yaml"]
+    url = services["api"]["environment"]["TASKFLEET_STORAGE_URL"]
+    assert services["consumer"]["environment"]["TASKFLEET_STORAGE_URL"] == url  # one bucket for both
+    storage = open_storage(url)
+    key = storage.output_key("echo", "tsk_1", "out.txt")
+    link = await storage.url_for(key)
+    assert storage.key_for_url(link) == key  # consumers read their own links straight from the bucket
+    # The link is on MinIO's published port, under the prefix minio-init made readable.
+    host_port = re.match(r"http://localhost:(\d+)/", link)[1]
+    assert f"127.0.0.1:{host_port}:9000" in services["minio"]["ports"]
+    bucket_path = link.split(f"localhost:{host_port}/", 1)[1].rsplit("/echo/", 1)[0]
+    assert f"mc anonymous set download local/{bucket_path}" in services["minio-init"]["entrypoint"][-1]
+    secrets = {d["metadata"]["name"]: d for _, d in dm.k8s_kind("Secret")}
+    assert open_storage(secrets["taskfleet-storage"]["stringData"]["url"]).provider == "s3"
 
 
 def _scaled_objects(file_name: str) -> dict[str, dict]:
