@@ -37,10 +37,13 @@ def open_storage(
 ) -> Storage:
     """Open the storage named by ``url``.
 
-    ``public_base_url``: for ``file://``, the task API's base URL (files are served at
-    ``{public_base_url}/files/{key}``); for ``s3://`` and ``gs://``, a public or CDN base in
-    front of the bucket (``{public_base_url}/{key}``) used instead of signed URLs. A
-    ``public_base_url`` in the storage URL's query wins over this argument.
+    ``public_base_url`` (argument): the task API's base URL, used by a ``file://`` store only:
+    its files are served at ``{public_base_url}/files/{key}``. Cloud stores ignore it, so the
+    API and consumers can pass their own URL whatever the backend; their results get presigned
+    (S3, R2) or signed (GCS) URLs valid for ``url_expiry_s``.
+    ``public_base_url`` (in the storage URL's query): a public or CDN base in front of the
+    bucket; results then get plain ``{public_base_url}/{key}`` URLs (for ``file://``, it
+    replaces the argument).
     ``retry_delays``: waits before each retry (default 1, 2, 4 s: three retries).
     ``backend_options`` go to the backend's constructor (e.g. ``credentials`` for GCS).
     """
@@ -56,7 +59,7 @@ def open_storage(
         raise StorageError(f"unknown storage URL options: {', '.join(sorted(unknown))}", code=INVALID_CONFIG)
 
     options: dict[str, Any] = {
-        "public_base_url": query.get("public_base_url") or public_base_url,
+        "public_base_url": query.get("public_base_url") or (public_base_url if scheme == "file" else None),
         "url_expiry_s": _int(query.get("url_expiry_s"), url_expiry_s, "url_expiry_s"),
         "retry": RetryPolicy.of(retry_delays),
     }

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-
-# pytest's pythonpath puts tests/ on sys.path, where tests/storage/ would pass for a namespace
-# package named "storage" and shadow the real one (found only through the editable install's
-# finder, which runs after sys.path). Putting the repository root first makes the real one win.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
 
 from storage import Storage, open_storage
 from storage.http import create_files_app

@@ -114,9 +114,19 @@ def test_open_storage_refuses_bad_urls(url: str) -> None:
     assert info.value.code == "invalid_storage_config"
 
 
-def test_public_base_url_in_query_wins() -> None:
-    st = open_storage("s3://bkt/p?public_base_url=https://cdn.example", public_base_url="http://api")
-    assert st.public_base_url == "https://cdn.example"
+async def test_public_base_url_argument_is_for_local_stores_only(tmp_path: Path) -> None:
+    # The API and consumers pass their own base URL whatever the backend: a cloud store must
+    # keep signing its URLs rather than point them at the API.
+    s3 = open_storage("s3://bkt/p", public_base_url="http://api:8000")
+    assert s3.public_base_url is None
+    assert "X-Amz-Signature=" in await s3.url_for("p/a.png")
+    gcs = open_storage("gs://gb/p", public_base_url="http://api:8000", credentials=_anonymous())
+    assert gcs.public_base_url is None
+    cdn = open_storage("s3://bkt/p?public_base_url=https://cdn.example", public_base_url="http://api")
+    assert cdn.public_base_url == "https://cdn.example"
+    assert await cdn.url_for("p/a.png") == "https://cdn.example/p/a.png"
+    local = open_storage(f"file://{tmp_path}?public_base_url=http://other", public_base_url="http://api")
+    assert local.public_base_url == "http://other"
 
 
 async def test_s3_urls_map_back_to_keys() -> None:
