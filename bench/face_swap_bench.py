@@ -10,7 +10,7 @@ Targets: ours >= 0.8x (a) and >= 5x (b).
 With --engine lite it also reports the lite engine's real swap rate on the clip (a face is drawn in).
 On a machine with a GPU and real models, --inswapper MODELS_DIR reports inswapper frames/s at 720p.
 
-    python bench/face_swap_bench.py [--seconds 10] [--repeat 1] [--engine lite] [--inswapper DIR]
+    python bench/face_swap_bench.py [--seconds 10] [--repeat 1] [--quality 80] [--engine lite] [--inswapper DIR]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from model_servers.face_swap.settings import FaceSwapSettings
 from taskfleet.workflows.face_swap import FaceSwapOptions
 
 W, H, FPS = 1280, 720, 30
-QUALITY = 80  # the workflow's default video_quality
+QUALITY = 80  # the workflow's default video_quality (--quality changes it for every path alike)
 
 
 def make_clip(ffmpeg: str, out: Path, seconds: float, face: Path | None) -> None:
@@ -47,11 +47,11 @@ def make_clip(ffmpeg: str, out: Path, seconds: float, face: Path | None) -> None
     subprocess.run(cmd, check=True)
 
 
-def encoder_args() -> list[str]:
-    return ["-c:v", "libx264", "-crf", str(crf_for(QUALITY)), "-preset", "veryfast", "-pix_fmt", "yuv420p"]
+def encoder_args(quality: int) -> list[str]:
+    return ["-c:v", "libx264", "-crf", str(crf_for(quality)), "-preset", "veryfast", "-pix_fmt", "yuv420p"]
 
 
-def bench_ffmpeg_pipe(ffmpeg: str, clip: Path, out: Path) -> None:
+def bench_ffmpeg_pipe(ffmpeg: str, clip: Path, out: Path, quality: int) -> None:
     dec = subprocess.Popen(
         [ffmpeg, "-v", "error", "-nostdin", "-i", str(clip), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"],
         stdout=subprocess.PIPE,
@@ -59,7 +59,7 @@ def bench_ffmpeg_pipe(ffmpeg: str, clip: Path, out: Path) -> None:
     enc = subprocess.Popen(
         [ffmpeg, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{W}x{H}", "-framerate", str(FPS),
          "-i", "pipe:0", "-i", str(clip), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "copy", "-shortest",
-         *encoder_args(), "-movflags", "+faststart", str(out)],
+         *encoder_args(quality), "-movflags", "+faststart", str(out)],
         stdin=dec.stdout,
     )  # fmt: skip
     assert dec.stdout is not None
@@ -70,7 +70,7 @@ def bench_ffmpeg_pipe(ffmpeg: str, clip: Path, out: Path) -> None:
         raise RuntimeError("ffmpeg pipe failed")
 
 
-def bench_png_design(ffmpeg: str, clip: Path, out: Path, work: Path) -> None:
+def bench_png_design(ffmpeg: str, clip: Path, out: Path, work: Path, quality: int) -> None:
     frames = work / "frames"
     frames.mkdir()
     subprocess.run([ffmpeg, "-v", "error", "-i", str(clip), "-pix_fmt", "rgb24", str(frames / "%04d.png")], check=True)
@@ -78,7 +78,7 @@ def bench_png_design(ffmpeg: str, clip: Path, out: Path, work: Path) -> None:
         frame = cv2.imread(str(path))
         cv2.imwrite(str(path), frame)
     temp = work / "temp.mp4"
-    subprocess.run([ffmpeg, "-v", "error", "-y", "-r", str(FPS), "-i", str(frames / "%04d.png"), *encoder_args(), str(temp)], check=True)
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-r", str(FPS), "-i", str(frames / "%04d.png"), *encoder_args(quality), str(temp)], check=True)
     subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(temp), "-i", str(clip), "-c:v", "copy", "-map", "0:v:0",
                     "-map", "1:a:0", "-c:a", "copy", "-shortest", str(out)], check=True)  # fmt: skip
 
@@ -94,14 +94,14 @@ class _NoEngine:
     name, device = "identity", "cpu"
 
 
-def bench_ours(settings: FaceSwapSettings, clip: Path, source: Path, work: Path, engine=None) -> dict:
+def bench_ours(settings: FaceSwapSettings, clip: Path, source: Path, work: Path, quality: int, engine=None) -> dict:
     job = Job(
         engine=engine or _NoEngine(),
         tools=find_tools(settings.ffmpeg),
         settings=settings,
         source=source,
         target=clip,
-        options=FaceSwapOptions(keep_fps=True, keep_audio=True, video_quality=QUALITY),
+        options=FaceSwapOptions(keep_fps=True, keep_audio=True, video_quality=quality),
         workdir=work,
         swapper_factory=None if engine else (lambda img, opts, video: Identity()),
     )
@@ -125,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each path; medians are printed")
+    parser.add_argument("--quality", type=int, default=QUALITY, help="video_quality 0-100 (CRF = 51 - 0.51 q)")
     parser.add_argument("--engine", choices=["lite"], help="also time a real swap with this engine")
     parser.add_argument("--inswapper", metavar="MODELS_DIR", help="also time the insightface engine (real models)")
     args = parser.parse_args()
@@ -140,19 +141,19 @@ def main() -> None:
         clip = root / "clip.mp4"
         make_clip(tools.ffmpeg, clip, args.seconds, face=None)
         frames = count_frames(clip)
-        print(f"clip: {W}x{H} {FPS} fps, {args.seconds:g} s, {frames} frames, aac audio; encoder libx264 veryfast crf {crf_for(QUALITY)}")
+        print(f"clip: {W}x{H} {FPS} fps, {args.seconds:g} s, {frames} frames, aac audio; encoder libx264 veryfast crf {crf_for(args.quality)}")
         print(f"ffmpeg: {tools.ffmpeg}; cores: {os.cpu_count()}")
         runs: dict[str, list[float]] = {"a": [], "b": [], "ours": []}
         for i in range(args.repeat):
             # Interleaved so that a machine's drift hits every path alike.
             w = root / f"run{i}"
             w.mkdir()
-            runs["a"].append(timed(bench_ffmpeg_pipe, tools.ffmpeg, clip, w / "a.mp4"))
+            runs["a"].append(timed(bench_ffmpeg_pipe, tools.ffmpeg, clip, w / "a.mp4", args.quality))
             (w / "b").mkdir()
-            runs["b"].append(timed(bench_png_design, tools.ffmpeg, clip, w / "b.mp4", w / "b"))
+            runs["b"].append(timed(bench_png_design, tools.ffmpeg, clip, w / "b.mp4", w / "b", args.quality))
             (w / "ours").mkdir()
             start = time.perf_counter()
-            meta = bench_ours(settings, clip, source, w / "ours")
+            meta = bench_ours(settings, clip, source, w / "ours", args.quality)
             runs["ours"].append(time.perf_counter() - start)
             assert meta["frames_processed"] == frames, meta
             shutil.rmtree(w)
@@ -185,7 +186,7 @@ def main() -> None:
             work = root / eng.name
             work.mkdir()
             start = time.perf_counter()
-            meta = bench_ours(s, faced, source, work, engine=eng)
+            meta = bench_ours(s, faced, source, work, args.quality, engine=eng)
             rate = meta["frames_processed"] / (time.perf_counter() - start)
             print(f"{eng.name} engine ({eng.device}), real swap, 720p: {rate:7.1f} frames/s (faces per frame: {meta['faces_detected']})")
     finally:
