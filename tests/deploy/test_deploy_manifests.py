@@ -66,6 +66,22 @@ def test_every_yaml_file_parses_into_named_objects():
     assert kinds >= {"Deployment", "Service", "Secret", "ScaledObject", "TriggerAuthentication"}
 
 
+def test_kubernetes_objects_match_the_kubernetes_schemas():
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    unchecked = set()
+    for path, doc in dm.k8s_documents():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)  # strict: unknown fields fail
+        except kubernetes_validate.SchemaNotFoundError:
+            unchecked.add(doc["kind"])
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{path.name} {doc['kind']}/{doc['metadata']['name']}: {exc.message}") from None
+    # Only the add-ons' custom resources have no built-in schema (KEDA, Prometheus Operator).
+    assert unchecked == {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+
+
 def test_kustomization_lists_the_base_manifests():
     kustomization = yaml.safe_load((dm.K8S / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
