@@ -65,6 +65,7 @@ class Fleet:
     def __init__(self, tmp: Path, consumers: int, concurrency: int, capacity: int) -> None:
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
+        self.roles: list[str] = []
         site = tmp / "site"
         subprocess.run(
             [PY, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site), str(self._copy_plugin())],
@@ -101,12 +102,25 @@ class Fleet:
             )
             wait_up(f"http://127.0.0.1:{mport}/metrics", self.procs[-1])
 
+    def cpu_s(self) -> dict[str, float]:
+        """user+sys CPU seconds so far of each process, by role (Linux /proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out: dict[str, float] = {}
+        for p, role in zip(self.procs, self.roles):
+            try:
+                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError):
+                pass
+        return out
+
     def _copy_plugin(self) -> Path:
         dst = self.tmp / "plugin_src"
         shutil.copytree(PLUGIN, dst)
         return dst
 
     def _start(self, args, environment, logs) -> None:
+        self.roles.append("consumer" if "consumer" in args else "api" if "task_api" in args else "model server")
         self.procs.append(subprocess.Popen(args, env=environment, cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT))
 
     def stop(self) -> None:
@@ -135,17 +149,28 @@ async def bench_latency(fleet: Fleet, calls: int) -> dict[str, float]:
             r = await http.post(fleet.api_url + "/api/fake_model/process", json=body)
             fleet_ms.append((time.perf_counter() - t) * 1000)
             assert r.status_code == 200, r.text
+        listing = (await http.get(fleet.api_url + "/api/tasks", params={"workflow": "fake_model", "limit": 100})).json()
+    items = [t for t in listing["items"] if t["status"] == "COMPLETED"]
+    handoff = [(_ts(t["started_at"]) - _ts(t["created_at"])) * 1000 for t in items]
+    working = [(_ts(t["finished_at"]) - _ts(t["started_at"])) * 1000 for t in items]
     return {
+        "handoff_p50": statistics.median(handoff), "working_p50": statistics.median(working),
         "direct_p50": statistics.median(direct), "direct_p99": pct(direct, 99),
         "fleet_p50": statistics.median(fleet_ms), "fleet_p99": pct(fleet_ms, 99),
         "added_p50": statistics.median(fleet_ms) - statistics.median(direct),
     }
 
 
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
 async def bench_throughput(fleet: Fleet, workflow: str, n: int, producers: int = 8) -> float:
+    """Tasks/s from the first create to the last completion, by the API's own timestamps."""
     body = {"text": "x", "store": False} if workflow == "fake_model" else {"data": "x"}
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=producers)) as http:
-        started = time.perf_counter()
         ids: list[str] = []
 
         async def produce(count: int) -> None:
@@ -155,22 +180,21 @@ async def bench_throughput(fleet: Fleet, workflow: str, n: int, producers: int =
                 ids.append(r.json()["task_id"])
 
         await asyncio.gather(*(produce(n // producers) for _ in range(producers)))
-        submitted = time.perf_counter()
-        pending = set(ids)
-        while pending:
-            r = await http.get(fleet.api_url + "/api/tasks", params={"status": "COMPLETED", "workflow": workflow, "limit": 1})
-            # Count via the task list is paginated; poll the oldest submitted ones instead.
-            for tid in list(pending)[:50]:
-                t = (await http.get(f"{fleet.api_url}/api/tasks/{tid}")).json()
-                if t["status"] == "COMPLETED":
-                    pending.discard(tid)
-                elif t["status"] in ("FAILED", "CANCELLED"):
+        # Wait with one cheap poll at a time (polling every task would load the API being measured).
+        while (await http.get(f"{fleet.api_url}/api/tasks/{ids[-1]}")).json()["status"] != "COMPLETED":
+            await asyncio.sleep(0.1)
+        tasks = []
+        for tid in ids:
+            while (t := (await http.get(f"{fleet.api_url}/api/tasks/{tid}")).json())["status"] != "COMPLETED":
+                if t["status"] in ("FAILED", "CANCELLED"):
                     raise RuntimeError(t)
-            if pending:
-                await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        print(f"  {workflow}: {len(ids)} tasks submitted in {submitted - started:.2f}s, all done after {elapsed:.2f}s")
-        return len(ids) / elapsed
+                await asyncio.sleep(0.1)
+            tasks.append(t)
+    first = min(_ts(t["created_at"]) for t in tasks)
+    submitted = max(_ts(t["created_at"]) for t in tasks)
+    last = max(_ts(t["finished_at"]) for t in tasks)
+    print(f"  {workflow}: {len(tasks)} tasks created over {submitted - first:.2f}s, last completed at {last - first:.2f}s")
+    return len(tasks) / (last - first)
 
 
 async def main_async(args) -> None:
@@ -182,10 +206,15 @@ async def main_async(args) -> None:
         print(f"  direct to fake model server: p50 {lat['direct_p50']:.2f}  p99 {lat['direct_p99']:.2f}")
         print(f"  through the fleet:           p50 {lat['fleet_p50']:.2f}  p99 {lat['fleet_p99']:.2f}")
         print(f"  added by the fleet at p50:   {lat['added_p50']:.2f} ms (target <= 10)")
+        print(f"  by the API's timestamps, p50: created -> leased {lat['handoff_p50']:.2f} ms, "
+              f"leased -> completed (consumer + model call) {lat['working_p50']:.2f} ms")
         print(f"throughput, {args.consumers} consumer(s) x concurrency {args.concurrency}:")
         for wf in ("echo", "fake_model"):
+            before = fleet.cpu_s()
             rate = await bench_throughput(fleet, wf, args.tasks)
-            print(f"  {wf}: {rate:.0f} tasks/s end to end (submit -> completed)")
+            after = fleet.cpu_s()
+            cpu = ", ".join(f"{role} {1000 * (after[role] - before[role]) / args.tasks:.2f}" for role in after)
+            print(f"  {wf}: {rate:.0f} tasks/s end to end (submit -> completed); CPU ms per task: {cpu}")
     finally:
         fleet.stop()
         shutil.rmtree(tmp, ignore_errors=True)

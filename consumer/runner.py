@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,6 +43,7 @@ log = logging.getLogger("consumer")
 # clock; stopping this much earlier lets our "timed_out" report land before the API's fence closes.
 TIMEOUT_MARGIN_S = 0.25
 MIN_HEARTBEAT_S = 0.2
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 PROGRESS_HEARTBEAT_MIN_S = 1.0  # progress changes are pushed at most this often
 
 
@@ -100,7 +101,12 @@ class Consumer:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.client = client or ConsumerClient(
-            settings.api_url, settings.consumer_token, consumer_id=settings.consumer_id
+            settings.api_url, settings.consumer_token, consumer_id=settings.consumer_id,
+            # A few connections, not one per task: httpcore scans every pooled connection on each
+            # request, which at 30+ connections cost more CPU than the requests themselves.
+            transport=httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=settings.api_connections, max_keepalive_connections=settings.api_connections)
+            ),
         )
         self.runnables = runnables if runnables is not None else resolve(settings.workflows)
         if storage is None:
@@ -306,7 +312,9 @@ class Consumer:
             output: Any = None
             error: BaseException | None = None
             try:
-                workdir = Path(tempfile.mkdtemp(prefix=f"{running.task_id}-", dir=self.settings.work_dir))
+                # Unique per attempt (a stale one from a killed consumer must not be reused);
+                # created when the processor first touches ctx.workdir.
+                workdir = Path(self.settings.work_dir) / _SAFE_NAME.sub("_", f"{running.task_id}-{running.lease_id}")
                 lease_s = max(1.0, _seconds_until(task["lease"]["expires_at"]))
                 running.ctx = self._context(running, workdir)
             except Exception as exc:  # noqa: BLE001 -- e.g. a full disk: reported like a processor failure

@@ -49,6 +49,7 @@ class ConsumerSettings(BaseSettings):
     url_allowlist: CommaList = Field(default_factory=list)
     work_dir: str = Field(default_factory=tempfile.gettempdir)
 
+    api_connections: int = Field(8, ge=2)  # to the task API (one is held by the long poll)
     fetch_wait_s: float = 10.0  # long-poll length; also the longest a SIGTERM waits for an open fetch
     shutdown_grace_s: float = 30.0
     metrics_host: str = "127.0.0.1"
