@@ -79,7 +79,7 @@ def test_kubernetes_objects_match_the_kubernetes_schemas():
         except kubernetes_validate.ValidationError as exc:
             raise AssertionError(f"{path.name} {doc['kind']}/{doc['metadata']['name']}: {exc.message}") from None
     # Only the add-ons' custom resources have no built-in schema (KEDA, Prometheus Operator).
-    assert unchecked == {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+    assert unchecked == {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PodMonitor"}
 
 
 def test_kustomization_lists_the_base_manifests():
@@ -110,6 +110,24 @@ def test_each_process_is_given_only_names_its_own_settings_read(container):
     assert cls, f"{container.where}: runs {container.module}, which deploy tests do not know"
     stray = [n for n in container.env if n.startswith(PREFIX) and not settings_field(cls, n)]
     assert not stray, f"{container.where} ({container.module}, {cls.__name__}) ignores {stray}"
+
+
+@pytest.mark.parametrize("container", CONTAINERS, ids=lambda c: c.where)
+def test_each_process_accepts_the_values_it_is_given(container, monkeypatch):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(PREFIX):
+            monkeypatch.delenv(name)
+    for name, value in container.env.items():
+        if name.startswith(PREFIX):
+            # Values from Secrets or compose interpolation are opaque strings here.
+            monkeypatch.setenv(name, "from-a-secret" if value is dm.SECRET or value is None else value)
+    settings = SETTINGS_BY_MODULE[container.module]()  # raises on a value the field rejects
+    for name, value in container.env.items():
+        field = settings_field(type(settings), name)
+        if field and isinstance(value, str) and "${" not in value and value.isdigit():
+            assert getattr(settings, field) == int(value), f"{container.where}: {name}"
 
 
 @pytest.mark.parametrize("module", sorted({c.module for c in CONTAINERS}))
