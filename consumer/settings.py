@@ -47,7 +47,7 @@ class ConsumerSettings(BaseSettings):
     url_expiry_s: int = 3600
     max_input_mb: float = 2048
     url_allowlist: CommaList = Field(default_factory=list)
-    work_dir: str = Field(default_factory=tempfile.gettempdir)
+    work_dir: str = Field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "taskfleet"))
 
     api_connections: int = Field(8, ge=2)  # to the task API (one is held by the long poll)
     fetch_wait_s: float = 10.0  # long-poll length; also the longest a SIGTERM waits for an open fetch
