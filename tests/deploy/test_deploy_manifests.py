@@ -289,6 +289,24 @@ def test_every_secret_reference_resolves():
                 assert value is dm.SECRET, f"{container.where}: {name} is not taken from a Secret"
 
 
+def test_consumers_present_a_token_the_api_accepts():
+    def refs(name: str) -> set[str]:
+        found = set()
+        for _, doc in dm.k8s_kind("Deployment"):
+            for c in dm.pod_spec(doc)["containers"]:
+                for e in c.get("env", []):
+                    if e["name"] == name:
+                        ref = e["valueFrom"]["secretKeyRef"]
+                        found.add(f"{ref['name']}/{ref['key']}")
+        return found
+
+    assert refs("TASKFLEET_CONSUMER_TOKEN") == refs("TASKFLEET_CONSUMER_TOKENS") != set()
+    services = dm.compose_services()["compose.yaml"]
+    given = services["consumer"]["environment"]["TASKFLEET_CONSUMER_TOKEN"]
+    accepted = services["api"]["environment"]["TASKFLEET_CONSUMER_TOKENS"]
+    assert re.match(r"\$\{(\w+)", given)[1] == re.match(r"\$\{(\w+)", accepted)[1]
+
+
 def _k8s_listening_ports() -> dict[str, tuple[dict, dict[str, int]]]:
     """Deployment pod labels and named container ports, by Deployment name."""
     out = {}
