@@ -6,6 +6,7 @@ ports, secrets, service URLs, drain periods, and KEDA's two queue-depth triggers
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import importlib.util
 import json
@@ -410,9 +411,14 @@ def _workflows_of_sql(query: str) -> set[str]:
     return {w.strip().strip("'") for w in m[1].split(",")}
 
 
+@functools.cache
+def _registry() -> WorkflowRegistry:
+    return WorkflowRegistry.from_entry_points()
+
+
 def _served_workflows(target: str) -> set[str]:
     """What a scale target's pods work on: a consumer's TASKFLEET_WORKFLOWS, a model server's workflows."""
-    registry = WorkflowRegistry.from_entry_points()
+    registry = _registry()
     for _, doc in dm.k8s_kind("Deployment"):
         if doc["metadata"]["name"] != target:
             continue
@@ -426,7 +432,7 @@ def _served_workflows(target: str) -> set[str]:
 
 
 def test_scaled_objects_target_deployments_on_the_workflows_they_serve():
-    registry_names = {w.name for w in WorkflowRegistry.from_entry_points().all()}
+    registry_names = {w.name for w in _registry().all()}
     deployments = {d["metadata"]["name"] for _, d in dm.k8s_kind("Deployment")}
     consumers = {n for n in deployments if n.startswith("consumer-")}
     auths = {d["metadata"]["name"] for _, d in dm.k8s_kind("TriggerAuthentication")}
