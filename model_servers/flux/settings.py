@@ -11,7 +11,7 @@ from model_servers.base import ModelServerSettings
 
 
 class FluxSettings(ModelServerSettings):
-    port: int = 8101
+    port: int = 8102
     # A local diffusers folder (model_index.json at its top). Empty = MODELS_DIR/flux.
     flux_model: str = ""
     # LoRA files (NAME.safetensors, or NAME/ holding one .safetensors). Empty = MODELS_DIR/loras.
