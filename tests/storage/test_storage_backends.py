@@ -165,3 +165,19 @@ def test_foreign_urls_are_not_ours(store: Storage) -> None:
     assert store.key_for_url("s3://other-bucket/x/y") is None
     assert store.key_for_url("gs://other-bucket/x/y") is None
     assert store.key_for_url("file:///etc/passwd") is None
+
+
+async def test_stream_abandoned_early_releases_the_connection(store: Storage) -> None:
+    key = store.output_key("w", "t", "long.bin")
+    await store.put_bytes(key, bytes(3 * MiB))
+    for _ in range(store.concurrency + 6):  # more than the pool has connections and threads
+        stream = store.stream(key, chunk_size=64 * 1024)
+        assert len(await anext(stream)) == 64 * 1024
+        await stream.aclose()
+    assert len(await store.get_bytes(key)) == 3 * MiB
+
+
+async def test_put_stream_accepts_plain_iterables(store: Storage) -> None:
+    key = store.output_key("w", "t", "list.txt")
+    obj = await store.put_stream(key, [b"a", bytearray(b"b"), memoryview(b"c"), b""])
+    assert (obj.size, await store.get_bytes(key)) == (3, b"abc")
