@@ -445,7 +445,11 @@ class Consumer:
             return "completed"
         if isinstance(error, ModelServerUnavailable):
             pause = self._pause_kind(error)
-            log.warning("model server unavailable (%s); releasing, pausing %s for %.1fs", error, error.kind, pause)
+            pool = self.pools.get(error.kind)
+            log.warning(
+                "model server unavailable (%s); releasing, pausing %s for %.1fs", error, error.kind, pause,
+                extra={"servers": pool.describe() if pool else None},
+            )
             await self._report(tid, "release", lease)
             return "released"
         if not isinstance(error, TaskfleetError):

@@ -113,10 +113,9 @@ class UrlGuard:
         Every address counts, not just the first: a name with one public and one private record
         could otherwise be steered to the private one by a later lookup or a connect fallback.
         """
-        if self.host_allowed(host):
-            addresses = await _getaddrinfo(host, port)
-            return addresses
         addresses = await _getaddrinfo(host, port)
+        if self.host_allowed(host):
+            return addresses
         for addr in addresses:
             ip = ipaddress.ip_address(addr.split("%", 1)[0])
             if not self.address_allowed(ip):
