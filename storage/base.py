@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from storage.errors import INVALID_KEY, OBJECT_CHANGED, UNAVAILABLE, StorageError
+from storage.errors import OBJECT_CHANGED, UNAVAILABLE, StorageError
 from storage.keys import check_key, guess_content_type, join_key
 from storage.retry import RetryPolicy
 

@@ -326,7 +326,10 @@ def _code_for_api_error(exc: Any, gx: Any) -> str:
 def _raise_for(resp: Any, key: str | None) -> None:
     if resp.status_code < 400:
         return
-    body = resp.text[:300] if not resp.raw.closed else ""
+    try:
+        body = resp.text[:300]  # GCS explains errors in a short JSON body
+    except Exception:  # noqa: BLE001 -- the status alone still says what happened
+        body = ""
     resp.close()
     raise StorageError(f"GCS {resp.status_code}: {body}".strip(), code=code_for_http_status(resp.status_code), key=key)
 
