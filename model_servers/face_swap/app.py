@@ -194,6 +194,9 @@ class JobRun:
             first = await asyncio.wait_for(self.events.get(), KEEPALIVE_S)
         except asyncio.TimeoutError:
             first = ("progress", {"percent": 0.0, "message": "queued" if self.state.slots.waiting else "working"})
+        except BaseException:  # the request itself was cancelled: stop the job before its files go
+            await self._stop()
+            raise
         if first[0] == "error":
             raise first[1]  # nothing sent yet: a plain HTTP error with the code
         boundary = new_boundary()
@@ -232,9 +235,12 @@ class JobRun:
                     yield chunk
             yield b"\r\n"
 
-    async def _cleanup(self) -> None:
+    async def _stop(self) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
             with contextlib.suppress(BaseException):
                 await self.task
+
+    async def _cleanup(self) -> None:
+        await self._stop()
         await asyncio.to_thread(shutil.rmtree, self.job.workdir, True)
