@@ -74,12 +74,15 @@ def _first_frame(tools, path):
 
 
 def test_video_without_audio_gives_a_silent_video_at_30fps(lite_server, photos, clips, tools):
-    status, events, files = post_process(lite_server.url, photos["astronaut"], clips["silent"], {"keep_fps": False})
+    status, events, files = post_process(
+        lite_server.url, photos["astronaut"], clips["silent"], {"keep_fps": False, "resolution": "200x150"}
+    )
     assert status == 200, events
     out = files["output.mp4"]
     assert stream_types(tools, out) == ["video"]
     info = probe_video(out, tools)
     assert abs(info.fps - 30) < 0.01
+    assert (info.width, info.height) == (150, 150)  # 256x256 fitted into 200x150
     assert abs(count_frames(tools, out) - 36) <= 1  # 1.2 s at 30 fps (the source was 24 fps)
     (_, result), = [e for e in events if e[0] == "result"]
     assert result["metadata"]["audio"] is False
@@ -153,3 +156,9 @@ def test_missing_models_unhealthy_and_503(tmp_path, photos):
         assert health["model_loaded"] is False and health["models_directory"] == str(tmp_path)
         status, body, _ = post_process(server.url, photos["hopper"], photos["astronaut"])
         assert status == 503 and body["error"]["code"] == "model_unavailable"
+
+
+def test_image_target_ignores_video_formats(lite_server, photos):
+    status, events, files = post_process(lite_server.url, photos["hopper"], photos["astronaut"], {"output_formats": ["gif", "mp4"]})
+    assert status == 200
+    assert list(files) == ["output.png"]  # the target's own format when no image format was asked for
