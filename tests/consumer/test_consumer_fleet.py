@@ -305,3 +305,17 @@ async def test_metrics_and_json_logs(stack):
     records = [json.loads(line) for line in consumer.log_text().splitlines() if line.startswith("{")]
     mine = [r for r in records if r.get("task_id") == bad["task_id"]]
     assert any(r["msg"].startswith("task failed") and r["workflow"] == "echo" for r in mine), consumer.log_text()
+
+
+async def test_consumer_token(stack_factory):
+    """With tokens configured, a consumer holding a producer token gets nothing; the right one works."""
+    stack = stack_factory(TASKFLEET_PRODUCER_TOKENS="ptok", TASKFLEET_CONSUMER_TOKENS="ctok")
+    wrong = stack.consumer("wrong", TASKFLEET_CONSUMER_TOKEN="ptok")
+    async with ProducerClient(stack.url, "ptok") as client:
+        task = await client.submit("echo", {"data": "secret"})
+        await asyncio.sleep(1.5)
+        assert (await client.get(task["task_id"]))["status"] == "PENDING"
+        assert "Forbidden" in wrong.log_text() or "forbidden" in wrong.log_text()
+        stack.consumer("right", TASKFLEET_CONSUMER_TOKEN="ctok")
+        done = await client.wait(task["task_id"], timeout=20)
+    assert done["status"] == "COMPLETED" and done["consumer_id"] == "right", stack.logs()
