@@ -264,3 +264,12 @@ async def test_s3_inputs_go_through_storage(moto_url, tmp_path, monkeypatch):
     finally:
         await fetcher.aclose()
         await store.aclose()
+
+
+async def test_file_url_escaping_the_root_is_refused(fetcher, store, tmp_path):
+    (tmp_path / "secret.txt").write_text("not for tasks")
+    root = store.storage_url_for("x").rsplit("/", 1)[0]
+    for url in (f"{root}/../secret.txt", f"{root}/%2e%2e/secret.txt", (tmp_path / "secret.txt").as_uri()):
+        with pytest.raises(UrlRefused) as info:
+            await fetcher.fetch(url, tmp_path / "in.bin", storage=store)
+        assert info.value.code == "url_outside_storage_root", url
