@@ -273,3 +273,17 @@ async def test_file_url_escaping_the_root_is_refused(fetcher, store, tmp_path):
         with pytest.raises(UrlRefused) as info:
             await fetcher.fetch(url, tmp_path / "in.bin", storage=store)
         assert info.value.code == "url_outside_storage_root", url
+
+
+async def test_guard_transport_checks_every_connection(source):
+    """What the webhook sender uses: a plain httpx client on guard.transport()."""
+    import httpx
+
+    guard = UrlGuard(allowlist=["127.0.0.2"])
+    async with httpx.AsyncClient(transport=guard.transport(), follow_redirects=True) as client:
+        assert (await client.get(f"{source.url}/file")).content == b"hello input"
+        with pytest.raises(UrlRefused) as info:
+            await client.get(f"http://127.0.0.1:{source.port}/file")
+        assert info.value.code == "url_private_address"
+        with pytest.raises(UrlRefused):  # the allow-listed hop is fine, the next one is not
+            await client.get(f"{source.url}/redirect?to=http://localhost:{source.port}/file")
