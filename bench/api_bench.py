@@ -53,7 +53,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 # -- throughput -------------------------------------------------------------------------------
-def producer_proc(url: str, n: int, concurrency: int, out: mp.Queue) -> None:
+def producer_proc(url: str, n: int, concurrency: int, batch: int, out: mp.Queue) -> None:
     async def main():
         first = time.time()
         async with ProducerClient(url) as p:
@@ -61,15 +61,18 @@ def producer_proc(url: str, n: int, concurrency: int, out: mp.Queue) -> None:
 
             async def one(i):
                 async with sem:
-                    await p.submit("echo", {"data": i})
+                    if batch > 1:
+                        await p.submit_many([{"workflow": "echo", "input": {"data": j}} for j in range(i, i + batch)])
+                    else:
+                        await p.submit("echo", {"data": i})
 
-            await asyncio.gather(*(one(i) for i in range(n)))
+            await asyncio.gather(*(one(i) for i in range(0, n, max(1, batch))))
         out.put(("produced", first, time.time()))
 
     run(main())
 
 
-def consumer_proc(url: str, limit: int, total: int, out: mp.Queue) -> None:
+def consumer_proc(url: str, limit: int, batch: bool, out: mp.Queue) -> None:
     async def main():
         done, last = 0, 0.0
         async with ConsumerClient(url) as c:
@@ -80,8 +83,11 @@ def consumer_proc(url: str, limit: int, total: int, out: mp.Queue) -> None:
                     idle += 1
                     continue
                 idle = 0
-                for t in tasks:
-                    await c.complete(t["task_id"], t["lease"]["id"], {"data": t["input"]["data"]})
+                if batch:
+                    await c.complete_many([(t["task_id"], t["lease"]["id"], {"data": t["input"]["data"]}) for t in tasks])
+                else:
+                    for t in tasks:
+                        await c.complete(t["task_id"], t["lease"]["id"], {"data": t["input"]["data"]})
                 done += len(tasks)
                 last = time.time()
         out.put(("consumed", done, last))
@@ -89,10 +95,12 @@ def consumer_proc(url: str, limit: int, total: int, out: mp.Queue) -> None:
     run(main())
 
 
-def throughput(url: str, n: int, producers: int, consumers: int, limit: int) -> dict:
+def throughput(url: str, n: int, producers: int, consumers: int, limit: int, batch: int) -> dict:
+    """batch > 1: producers create ``batch`` tasks per request and consumers complete what
+    each fetch gave them in one request; batch == 1: one task per create and per complete."""
     out: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=consumer_proc, args=(url, limit, n, out)) for _ in range(consumers)]
-    procs += [mp.Process(target=producer_proc, args=(url, n // producers, 4, out)) for _ in range(producers)]
+    procs = [mp.Process(target=consumer_proc, args=(url, limit, batch > 1, out)) for _ in range(consumers)]
+    procs += [mp.Process(target=producer_proc, args=(url, n // producers, 4, batch, out)) for _ in range(producers)]
     for p in procs:
         p.start()
     results = [out.get(timeout=600) for _ in procs]
@@ -109,6 +117,7 @@ def throughput(url: str, n: int, producers: int, consumers: int, limit: int) -> 
         "producers": producers,
         "consumers": consumers,
         "fetch_limit": limit,
+        "batch": batch,
     }
 
 
@@ -240,12 +249,14 @@ def bench_backend(backend: str, only: set[str], args) -> dict:
 
         def sections(db_url: str) -> None:
             with api_process(db_url, tmp_path, **env) as server:
-                if "throughput" in only:
+                for mode, batch in (("throughput_single", 1), ("throughput_batched", args.batch)):
+                    if mode.split("_")[1] not in args.modes or "throughput" not in only:
+                        continue
                     cpu0 = cpu_seconds(server.process.pid)
-                    results["throughput"] = throughput(server.url, args.n, args.producers, args.consumers, args.limit)
+                    results[mode] = throughput(server.url, args.n, args.producers, args.consumers, args.limit, batch)
                     # CPU time, unlike wall time, holds up on a machine shared with other work.
-                    results["throughput"]["api_cpu_ms_per_task"] = round(
-                        1000 * (cpu_seconds(server.process.pid) - cpu0) / results["throughput"]["tasks"], 3)
+                    results[mode]["api_cpu_ms_per_task"] = round(
+                        1000 * (cpu_seconds(server.process.pid) - cpu0) / results[mode]["tasks"], 3)
                 if "pickup" in only:
                     results["pickup"] = pickup(server.url, args.pickup_n, 100.0)
                 if "idle" in only:
@@ -269,6 +280,8 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--pickup-n", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=50, help="tasks per create request in the batched run")
+    parser.add_argument("--modes", default="single,batched")
     args = parser.parse_args()
     only = set(args.only.split(","))
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]

@@ -123,51 +123,57 @@ class Queue:
         asyncio.get_running_loop().call_later(max(0.0, delay_s), self.dispatcher.pending, workflow, 1)
 
     # -- producer side ----------------------------------------------------------------------
-    async def create(
-        self,
-        *,
-        workflow: str,
-        input: dict[str, Any],
-        priority: int,
-        max_attempts: int,
-        timeout_s: float,
-        webhook_url: str | None,
-        metadata: dict[str, Any],
-        idempotency_key: str | None,
-        body_hash: str | None,
-        notify_done: bool = False,
-    ) -> tuple[Row, bool]:
+    async def create(self, **spec: Any) -> tuple[Row, bool]:
         """Insert a task; returns (row, created). A repeated key returns the first task."""
-        params = {
-            "id": f"tsk_{uuid.uuid4().hex}",
-            "workflow": workflow,
-            "input": dumps(input),
-            "priority": priority,
-            "max_attempts": max_attempts,
-            "timeout_s": float(timeout_s),
-            "webhook_url": webhook_url,
-            "metadata": dumps(metadata),
-            "idempotency_key": idempotency_key,
-            "request_hash": body_hash,
-            "notify_done": int(notify_done),
-            "now": time.time(),
-        }
-        if self._sqlite:
-            async with self.db.transaction() as tx:
-                row = await tx.fetchrow(sql.INSERT_TASK, params)
+        [result] = await self.create_many([spec])
+        return result
+
+    async def create_many(self, specs: list[dict[str, Any]]) -> list[tuple[Row, bool]]:
+        """Insert tasks in one transaction: all of them or none. Each spec holds workflow,
+        input, priority, max_attempts, timeout_s, webhook_url, metadata, idempotency_key,
+        body_hash and optionally notify_done."""
+        now = time.time()
+        params = [
+            {
+                "id": f"tsk_{uuid.uuid4().hex}",
+                "workflow": spec["workflow"],
+                "input": dumps(spec["input"]),
+                "priority": spec["priority"],
+                "max_attempts": spec["max_attempts"],
+                "timeout_s": float(spec["timeout_s"]),
+                "webhook_url": spec["webhook_url"],
+                "metadata": dumps(spec["metadata"]),
+                "idempotency_key": spec["idempotency_key"],
+                "request_hash": spec["body_hash"],
+                "notify_done": int(spec.get("notify_done", False)),
+                "now": now,
+            }
+            for spec in specs
+        ]
+        if len(params) == 1 and not self._sqlite:
+            inserted = [await self.db.fetchrow(sql.INSERT_TASK, params[0])]  # no BEGIN/COMMIT trips
         else:
-            row = await self.db.fetchrow(sql.INSERT_TASK, params)
-        if row is not None:
-            self._signal_pending(workflow)
-            return row, True
-        existing = await self.db.fetchrow(sql.SELECT_BY_IDEMPOTENCY_KEY, {"key": idempotency_key})
-        if existing is None:  # the first task was purged by retention between the two reads
-            raise Conflict("idempotency key was used by a task that no longer exists", code="idempotency_conflict")
-        if existing["request_hash"] != body_hash:
-            raise Conflict(
-                "idempotency key already used with a different request", code="idempotency_conflict"
-            )
-        return existing, False
+            async with self.db.transaction() as tx:
+                inserted = [await tx.fetchrow(sql.INSERT_TASK, p) for p in params]
+        results: list[tuple[Row, bool]] = []
+        fresh: dict[str, int] = {}
+        for p, row in zip(params, inserted):
+            if row is not None:
+                fresh[p["workflow"]] = fresh.get(p["workflow"], 0) + 1
+                results.append((row, True))
+                continue
+            existing = await self.db.fetchrow(sql.SELECT_BY_IDEMPOTENCY_KEY, {"key": p["idempotency_key"]})
+            if existing is None:  # the first task was purged by retention between the two reads
+                raise Conflict("idempotency key was used by a task that no longer exists", code="idempotency_conflict")
+            if existing["request_hash"] != p["request_hash"]:
+                raise Conflict(
+                    f"idempotency key {p['idempotency_key']!r} already used with a different request",
+                    code="idempotency_conflict",
+                )
+            results.append((existing, False))
+        for workflow, count in fresh.items():
+            self._signal_pending(workflow, count)
+        return results
 
     async def get(self, task_id: str) -> Row:
         row = await self.db.fetchrow(sql.SELECT_TASK, {"id": task_id})
@@ -305,7 +311,7 @@ class Queue:
             return {"lease_expires_at": iso(now), "cancel_requested": True, "workflow": row["workflow"]}
         return {"lease_expires_at": iso(row["lease_expires_at"]), "cancel_requested": False, "workflow": row["workflow"]}
 
-    async def _finish(
+    def _finish_params(
         self,
         task_id: str,
         lease_id: str,
@@ -316,9 +322,9 @@ class Queue:
         error: dict[str, Any] | None,
         retryable: bool = False,
         not_before: float | None = None,
-    ) -> Row:
+    ) -> dict[str, Any]:
         now = time.time()
-        params = {
+        return {
             "id": task_id,
             "lease_id": lease_id,
             "now": now,
@@ -326,27 +332,60 @@ class Queue:
             "status": status,
             "output": dumps(output) if output is not None else None,
             "error": dumps(error) if error is not None else None,
-            "retryable": retryable,
+            "retryable": int(retryable) if self._sqlite else retryable,
             "not_before": not_before if not_before is not None else now,
         }
-        if self._sqlite:
-            params["retryable"] = int(retryable)
-            async with self.db.transaction() as tx:
-                row = await tx.fetchrow(sql.FINISH_SQLITE, params)
-                if row is not None:
-                    await tx.execute(sql.SET_FINISHED_AT_SQLITE, params)
-                    await tx.execute(sql.END_ATTEMPT_SQLITE, params)
-                    await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
-                    row = await tx.fetchrow(sql.SELECT_TASK, params)
-        else:
-            row = await self.db.fetchrow(sql.FINISH_POSTGRES, params)
+
+    async def _finish_on(self, conn: SqliteDB | PostgresDB, params: dict[str, Any]) -> Row | None:
+        """End one lease on ``conn`` (inside the caller's transaction on SQLite)."""
+        if not self._sqlite:
+            return await conn.fetchrow(sql.FINISH_POSTGRES, params)
+        row = await conn.fetchrow(sql.FINISH_SQLITE, params)
         if row is None:
-            raise await self._fenced_miss(task_id)
+            return None
+        await conn.execute(sql.SET_FINISHED_AT_SQLITE, params)
+        await conn.execute(sql.END_ATTEMPT_SQLITE, params)
+        await conn.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
+        return await conn.fetchrow(sql.SELECT_TASK, params)
+
+    def _after_finish(self, row: Row, params: dict[str, Any]) -> None:
         if row["status"] in TERMINAL:
             self._signal_finished(row)
         elif row["status"] == "PENDING":
-            self._signal_later(row["workflow"], params["not_before"] - now)
+            self._signal_later(row["workflow"], params["not_before"] - params["now"])
+
+    async def _finish(self, task_id: str, lease_id: str, **kwargs: Any) -> Row:
+        params = self._finish_params(task_id, lease_id, **kwargs)
+        if self._sqlite:
+            async with self.db.transaction() as tx:
+                row = await self._finish_on(tx, params)
+        else:
+            row = await self._finish_on(self.db, params)
+        if row is None:
+            raise await self._fenced_miss(task_id)
+        self._after_finish(row, params)
         return row
+
+    async def complete_many(self, items: list[tuple[str, str, Any]]) -> list[Row | Exception]:
+        """Complete several leases in one transaction; each is fenced on its own (a lost lease
+        is reported for that item and changes nothing, the others still complete)."""
+        all_params = [
+            self._finish_params(task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None)
+            for task_id, lease_id, output in items
+        ]
+        async with self.db.transaction() as tx:
+            rows = [await self._finish_on(tx, params) for params in all_params]
+        results: list[Row | Exception] = []
+        for params, row in zip(all_params, rows):
+            if row is None:
+                try:
+                    results.append(await self._fenced_miss(params["id"]))
+                except NotFound as exc:
+                    results.append(exc)
+                continue
+            self._after_finish(row, params)
+            results.append(row)
+        return results
 
     async def complete(self, task_id: str, lease_id: str, output: Any) -> Row:
         return await self._finish(task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None)

@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from task_api.queue import Queue, iso, task_json
 from task_api.routes_producer import ERRORS
 from task_api.schemas import (
+    CompleteMany,
+    CompleteManyResponse,
     CompleteRequest,
     FailRequest,
     FetchResponse,
@@ -24,6 +26,7 @@ from task_api.schemas import (
     StatusResponse,
 )
 from task_api.services import Services
+from taskfleet.errors import TaskfleetError
 
 
 def status_body(row: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +88,20 @@ def consumer_router(svc: Services) -> APIRouter:
         row = await queue.complete(task_id, body.lease_id, body.output)
         attempts.labels(row["workflow"], "completed").inc()
         return JSONResponse(status_body(row))
+
+    @router.post("/api/comm/tasks/complete", response_model=CompleteManyResponse)
+    async def complete_many(body: CompleteMany) -> JSONResponse:
+        """Several completions in one request and one transaction, each fenced on its own
+        lease: a lost lease is reported for that item (``lease_lost``) and changes nothing."""
+        rows = await queue.complete_many([(i.task_id, i.lease_id, i.output) for i in body.items])
+        results = []
+        for item, row in zip(body.items, rows):
+            if isinstance(row, TaskfleetError):
+                results.append({"task_id": item.task_id, "error": {"code": row.code, "message": row.message}})
+            else:
+                attempts.labels(row["workflow"], "completed").inc()
+                results.append({"task_id": item.task_id, "status": row["status"]})
+        return JSONResponse({"results": results})
 
     @router.post("/api/comm/task/{task_id}/fail", response_model=StatusResponse)
     async def fail(task_id: str, body: FailRequest) -> JSONResponse:

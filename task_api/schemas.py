@@ -25,6 +25,10 @@ class CreateTask(Strict):
     idempotency_key: Optional[str] = Field(None, min_length=1, max_length=200)
 
 
+class CreateTasks(Strict):
+    tasks: list[CreateTask] = Field(min_length=1, max_length=500)
+
+
 class Progress(Strict):
     percent: float = Field(0, ge=0, le=100)
     message: str = Field("", max_length=2000)
@@ -71,6 +75,10 @@ class TaskWithHistory(Task):
     history: list[Attempt]
 
 
+class TaskBatch(BaseModel):
+    tasks: list[Task]
+
+
 class TaskPage(BaseModel):
     items: list[Task]
     next_cursor: Optional[str]
@@ -104,6 +112,24 @@ class HeartbeatResponse(BaseModel):
 
 class CompleteRequest(LeaseRequest):
     output: Any = None
+
+
+class CompleteItem(CompleteRequest):
+    task_id: str = Field(min_length=1, max_length=100)
+
+
+class CompleteMany(Strict):
+    items: list[CompleteItem] = Field(min_length=1, max_length=500)
+
+
+class ItemResult(BaseModel):
+    task_id: str
+    status: Optional[Status] = None
+    error: Optional[ErrorInfo] = None
+
+
+class CompleteManyResponse(BaseModel):
+    results: list[ItemResult]
 
 
 class FailRequest(LeaseRequest):

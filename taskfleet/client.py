@@ -113,6 +113,10 @@ class ProducerClient(_Base):
         body.update({k: v for k, v in optional.items() if v is not None})
         return (await self._call("POST", "/api/tasks", json=body)).json()
 
+    async def submit_many(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Create several tasks in one request (all or none); each item is a create body."""
+        return (await self._call("POST", "/api/tasks/batch", json={"tasks": tasks})).json()["tasks"]
+
     async def get(self, task_id: str) -> dict[str, Any]:
         return (await self._call("GET", f"/api/tasks/{task_id}")).json()
 
@@ -194,6 +198,12 @@ class ConsumerClient(_Base):
     async def complete(self, task_id: str, lease_id: str, output: Any) -> dict[str, Any]:
         body = {"lease_id": lease_id, "output": output}
         return (await self._call("POST", f"/api/comm/task/{task_id}/complete", json=body)).json()
+
+    async def complete_many(self, items: list[tuple[str, str, Any]]) -> list[dict[str, Any]]:
+        """Complete several leases in one request: [(task_id, lease_id, output)]. Each result is
+        {"task_id", "status"} or {"task_id", "error": {"code": "lease_lost" | "not_found", …}}."""
+        body = {"items": [{"task_id": t, "lease_id": lease, "output": out} for t, lease, out in items]}
+        return (await self._call("POST", "/api/comm/tasks/complete", json=body)).json()["results"]
 
     async def fail(
         self,
