@@ -267,6 +267,9 @@ class Consumer:
             self.metrics.fetched.inc(len(tasks))
             for task in tasks:
                 self._start(task)
+            if tasks:
+                # Let the new tasks send their first request before the next long poll is built.
+                await asyncio.sleep(0)
 
     async def _wait_wake(self, timeout: float) -> None:
         try:
