@@ -241,3 +241,14 @@ async def test_connect_timeout_is_an_outage():
         for s in fillers:
             s.close()
         listener.close()
+
+
+async def test_unhealthy_server_skipped_for_a_healthy_one(fake_servers, pools):
+    sick, well = fake_servers(), fake_servers(capacity=3)
+    sick.control("unhealthy")
+    pool = pools(sick, well)
+    await pool.refresh()
+    assert pool.free_slots(0) == 3  # only the healthy server's capacity counts
+    for _ in range(3):
+        await pool.client(10).request("POST", "/process", json={})
+    assert (sick.stats()["calls"], well.stats()["calls"]) == (0, 3)
