@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -40,7 +42,7 @@ class ApiSettings(BaseSettings):
     webhook_timeout_s: float = 10.0
     url_allowlist: str = ""
 
-    storage_url: str = "file://./var/storage"
+    storage_url: str = Field(default_factory=lambda: f"file://{Path('var/storage').resolve()}")
     # Base URL at which this API is reached, for links to locally stored files.
     public_url: str = ""
 

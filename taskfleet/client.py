@@ -37,9 +37,11 @@ def connect_retry_transport(transport: httpx.AsyncBaseTransport | None = None) -
         total=5,
         backoff_factor=0.2,
         allowed_methods=["GET", "POST", "PUT", "DELETE"],
-        status_forcelist=[],
         retry_on_exceptions=[httpx.ConnectError, httpx.ConnectTimeout],
     )
+    # An empty status_forcelist argument means "the defaults" (429/502/503/504) to
+    # httpx-retries; a response means the request may have been acted on, so none is retried.
+    retry.status_forcelist = frozenset()
     return RetryTransport(transport=transport or httpx.AsyncHTTPTransport(), retry=retry)
 
 
