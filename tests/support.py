@@ -115,3 +115,33 @@ def api_process(database_url: str, tmp_path: Path, port: int | None = None, **en
     }
     base.update({k: str(v) for k, v in env.items()})
     return ServerProcess("task_api", ["--host", "127.0.0.1", "--port", str(port)], base, "/ready", port)
+
+
+def consumer_process(api_url: str, tmp_path: Path, workflows: str, **env: str) -> ServerProcess:
+    """A real consumer process serving ``workflows``; ready when its metrics port answers."""
+    metrics_port = free_port()
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    base = {
+        "TASKFLEET_API_URL": api_url,
+        "TASKFLEET_WORKFLOWS": workflows,
+        "TASKFLEET_STORAGE_URL": (tmp_path / "storage").as_uri(),
+        "TASKFLEET_WORK_DIR": str(work),
+        "TASKFLEET_METRICS_PORT": str(metrics_port),
+        "TASKFLEET_FETCH_WAIT_S": "1",
+        "TASKFLEET_LOG_FORMAT": "text",
+    }
+    base.update({k: str(v) for k, v in env.items()})
+    return ServerProcess("consumer", [], base, "/metrics", metrics_port)
+
+
+def wait_done(client: httpx.Client, task_id: str, timeout_s: float = 120) -> dict:
+    """Poll a task over HTTP until it is terminal."""
+    deadline = time.monotonic() + timeout_s
+    task: dict = {}
+    while time.monotonic() < deadline:
+        task = client.get(f"/api/tasks/{task_id}").json()
+        if task["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
+            return task
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} did not finish: {task}")

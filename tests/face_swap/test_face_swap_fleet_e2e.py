@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import cv2
 import httpx
 import numpy as np
 import pytest
 
-from support import ServerProcess, api_process, free_port
+from support import ServerProcess, api_process, consumer_process, free_port, wait_done
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -17,29 +15,14 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fleet")
-    storage = tmp / "storage"
-    fs_port, metrics_port = free_port(), free_port()
+    fs_port = free_port()
     server = ServerProcess(
         "model_servers.face_swap", ["--host", "127.0.0.1", "--port", str(fs_port)],
         {"TASKFLEET_FACE_SWAP_ENGINE": "lite", "TASKFLEET_MODELS_DIR": str(tmp / "models")}, "/health", fs_port,
     )  # fmt: skip
     api = api_process(f"sqlite:///{tmp / 'tasks.db'}", tmp)
-    (tmp / "work").mkdir()
     with server, api:
-        consumer = ServerProcess(
-            "consumer", [],
-            {
-                "TASKFLEET_API_URL": api.url,
-                "TASKFLEET_WORKFLOWS": "face_swap",
-                "TASKFLEET_FACE_SWAP_URLS": server.url,
-                "TASKFLEET_STORAGE_URL": storage.as_uri(),
-                "TASKFLEET_WORK_DIR": str(tmp / "work"),
-                "TASKFLEET_METRICS_PORT": str(metrics_port),
-                "TASKFLEET_FETCH_WAIT_S": "1",
-                "TASKFLEET_LOG_FORMAT": "text",
-            },
-            "/metrics", metrics_port,
-        )  # fmt: skip
+        consumer = consumer_process(api.url, tmp, "face_swap", TASKFLEET_FACE_SWAP_URLS=server.url)
         with consumer:
             yield api
 
@@ -49,16 +32,6 @@ def upload(client: httpx.Client, path, ctype: str) -> str:
         r = client.post("/api/files", files={"file": (path.name, fh, ctype)})
     assert r.status_code == 201, r.text
     return r.json()["url"]
-
-
-def wait_done(client: httpx.Client, task_id: str, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        task = client.get(f"/api/tasks/{task_id}").json()
-        if task["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
-            return task
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} did not finish: {task}")
 
 
 def test_create_task_swaps_two_real_faces(fleet, photos):

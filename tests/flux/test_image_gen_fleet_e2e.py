@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import time
 
 import httpx
 import pytest
 from PIL import Image
 
-from support import ServerProcess, api_process, free_port
+from support import ServerProcess, api_process, consumer_process, free_port, wait_done
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -19,8 +18,7 @@ SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "max_sequence_leng
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, tiny_flux):
     tmp = tmp_path_factory.mktemp("fleet")
-    storage = tmp / "storage"
-    flux_port, metrics_port = free_port(), free_port()
+    flux_port = free_port()
     server = ServerProcess(
         "model_servers.flux", ["--host", "127.0.0.1", "--port", str(flux_port)],
         {
@@ -32,34 +30,10 @@ def fleet(tmp_path_factory, tiny_flux):
         "/health", flux_port,
     )  # fmt: skip
     api = api_process(f"sqlite:///{tmp / 'tasks.db'}", tmp)
-    (tmp / "work").mkdir()
     with server, api:
-        consumer = ServerProcess(
-            "consumer", [],
-            {
-                "TASKFLEET_API_URL": api.url,
-                "TASKFLEET_WORKFLOWS": "image_gen",
-                "TASKFLEET_FLUX_URLS": server.url,
-                "TASKFLEET_STORAGE_URL": storage.as_uri(),
-                "TASKFLEET_WORK_DIR": str(tmp / "work"),
-                "TASKFLEET_METRICS_PORT": str(metrics_port),
-                "TASKFLEET_FETCH_WAIT_S": "1",
-                "TASKFLEET_LOG_FORMAT": "text",
-            },
-            "/metrics", metrics_port,
-        )  # fmt: skip
+        consumer = consumer_process(api.url, tmp, "image_gen", TASKFLEET_FLUX_URLS=server.url)
         with consumer:
             yield api
-
-
-def wait_done(client: httpx.Client, task_id: str, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        task = client.get(f"/api/tasks/{task_id}").json()
-        if task["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
-            return task
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} did not finish: {task}")
 
 
 def fetch_image(client: httpx.Client, url: str) -> Image.Image:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import time
 import wave
 
 import httpx
 import pytest
 
 from model_servers.tts.subtitles import parse_srt
+from support import wait_done
 from tts_helpers import Process, check_srt_tiles, free_port, tts_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,16 +44,6 @@ def fleet(tmp_path):
         )
         with consumer:
             yield api
-
-
-def wait_done(client: httpx.Client, task_id: str, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        task = client.get(f"/api/tasks/{task_id}").json()
-        if task["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
-            return task
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} did not finish: {task}")
 
 
 def test_create_task_poll_and_fetch_the_files(fleet):
