@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -251,12 +252,22 @@ class S3Storage(Storage):
         try:
             await self._call(self._complete_sync, key, upload_id, etags)
         except StorageError as exc:
-            # A retried completion whose first try succeeded (reply lost) finds no upload.
+            # A retried completion whose first try succeeded (its reply lost) may find no upload.
+            # The object is ours if it carries the ETag S3 derives from exactly these parts.
             if exc.code != NOT_FOUND:
                 raise
             info = await self._call(self._head_sync, key)
-            if info.size != total:
+            etag = (info.version or "").strip('"')
+            if "-" in etag:
+                if etag != _multipart_etag(etags):
+                    raise
+            elif info.size != total:  # a store with other ETags: the size is all we can check
                 raise
+
+
+def _multipart_etag(etags: dict[int, str]) -> str:
+    digests = b"".join(bytes.fromhex(etags[n].strip('"')) for n in sorted(etags))
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(etags)}"
 
 
 def _code(name: str, status: int) -> str:

@@ -107,6 +107,9 @@ class ThreadedUvicorn:
         self._sock.close()
 
 
+HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+
+
 @dataclass
 class Fault:
     method: str
@@ -116,6 +119,7 @@ class Fault:
     cut_after: int | None = None  # or: forward, but drop the connection after this many body bytes
     query: re.Pattern[str] | None = None
     skip: int = 0  # let this many matching requests through first
+    after_upstream: bool = False  # deliver the request upstream, then answer ``status`` anyway
     hits: int = 0
 
 
@@ -156,8 +160,11 @@ class FaultProxy:
         cut_after: int | None = None,
         query: str | None = None,
         skip: int = 0,
+        after_upstream: bool = False,
     ) -> Fault:
-        rule = Fault(method, re.compile(path), status, times, cut_after, re.compile(query) if query else None, skip)
+        rule = Fault(
+            method, re.compile(path), status, times, cut_after, re.compile(query) if query else None, skip, after_upstream
+        )
         with self._lock:
             self.faults.append(rule)
         return rule
@@ -215,8 +222,11 @@ class FaultProxy:
             self.seen.append(Seen(method, path, query, {k.lower(): v for k, v in headers}, bool(rule and rule.status)))
 
         if rule is not None and rule.status is not None:
-            while (await receive()).get("more_body"):
-                pass
+            if rule.after_upstream:
+                await self._forward(method, path, query, headers, receive, forward_proxied)
+            else:
+                while (await receive()).get("more_body"):
+                    pass
             body = b"injected fault"
             await send(
                 {
@@ -228,6 +238,9 @@ class FaultProxy:
             await send({"type": "http.response.body", "body": body})
             return
 
+        await self._respond(method, path, query, headers, receive, send, rule, forward_proxied)
+
+    def _request(self, method, path, query, headers, receive, forward_proxied):  # type: ignore[no-untyped-def]
         async def body():  # type: ignore[no-untyped-def]
             while True:
                 message = await receive()
@@ -236,23 +249,29 @@ class FaultProxy:
                 if not message.get("more_body"):
                     return
 
-        hop = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
-        out_headers = [(k, v) for k, v in headers if k.lower() not in hop]
+        out_headers = [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS]
         if forward_proxied:
             # Pretend to be the made-up host: hand the upstream its own name.
             out_headers = [(k, v) for k, v in out_headers if k.lower() != "host"]
             out_headers.append(("host", urlsplit(self.upstream).netloc))
         url = self.upstream + path + (f"?{query}" if query else "")
         has_length = any(k.lower() == "content-length" for k, _ in out_headers)
-        request = self._client.build_request(
+        return self._client.build_request(  # type: ignore[union-attr]
             method, url, headers=out_headers, content=body() if has_length or method in ("POST", "PUT") else None
         )
-        response = await self._client.send(request, stream=True)
+
+    async def _forward(self, method, path, query, headers, receive, forward_proxied):  # type: ignore[no-untyped-def]
+        response = await self._client.send(self._request(method, path, query, headers, receive, forward_proxied))  # type: ignore[union-attr]
+        await response.aclose()
+
+    async def _respond(self, method, path, query, headers, receive, send, rule, forward_proxied):  # type: ignore[no-untyped-def]
+        request = self._request(method, path, query, headers, receive, forward_proxied)
+        response = await self._client.send(request, stream=True)  # type: ignore[union-attr]
         try:
             resp_headers = [
                 (k.encode("latin-1"), v.encode("latin-1"))
                 for k, v in response.headers.multi_items()
-                if k.lower() not in hop
+                if k.lower() not in HOP_HEADERS
             ]
             await send({"type": "http.response.start", "status": response.status_code, "headers": resp_headers})
             sent = 0

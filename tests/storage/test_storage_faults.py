@@ -81,6 +81,20 @@ async def test_s3_failed_upload_is_aborted(s3_faulty: Storage, s3_proxy: FaultPr
     assert uploads == []
 
 
+async def test_s3_completion_whose_reply_is_lost_counts_as_done(s3_faulty: Storage, s3_proxy: FaultProxy) -> None:
+    # The server completes the upload but the client is told 503; the retried completion finds
+    # no upload (as S3 may answer once an upload is done), and the object there in full settles it.
+    data = _data(s3_faulty.part_size + MiB)
+    key = s3_faulty.output_key("w", "t", "v.mp4")
+    s3_proxy.fail("POST", query=r"^uploadId=", status=503, after_upstream=True, times=1)
+    s3_proxy.fail("POST", query=r"^uploadId=", status=404, times=1)
+    obj = await s3_faulty.put_bytes(key, data)
+    assert obj.size == len(data)
+    assert len(s3_proxy.requests("POST", query=r"^uploadId=")) == 2
+    assert len(s3_proxy.requests("HEAD")) == 1
+    assert await s3_faulty.get_bytes(key) == data
+
+
 async def test_s3_download_resumes_after_connection_cut(s3_faulty: Storage, s3_proxy: FaultProxy) -> None:
     data = _data(3 * MiB)
     key = s3_faulty.output_key("w", "t", "d.bin")

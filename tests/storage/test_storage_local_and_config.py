@@ -177,6 +177,8 @@ def test_storage_error_shape() -> None:
 
 
 async def test_default_retry_schedule_is_1_2_4_seconds() -> None:
+    assert open_storage("s3://bkt/p").retry.delays == (1.0, 2.0, 4.0)
+    assert open_storage("s3://bkt/p", retry_delays=[0.5]).retry.delays == (0.5,)
     sleeps: list[float] = []
     retrying = RetryPolicy().async_retrying()
 
