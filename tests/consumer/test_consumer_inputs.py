@@ -210,7 +210,7 @@ def moto_url():
     import boto3
     import httpx
 
-    from conftest import free_port
+    from support import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
