@@ -165,7 +165,7 @@ def pickup(url: str, n: int, rate: float) -> dict:
 
 
 # -- claim latency with a deep queue (Postgres) ---------------------------------------------------
-async def fill_postgres(db_url: str, n: int) -> None:
+async def fill_postgres(db_url: str, n: int, first: int = 1) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(db_url)
@@ -176,9 +176,10 @@ async def fill_postgres(db_url: str, n: int) -> None:
                                metadata, not_before, created_at, updated_at)
             SELECT 'tsk_fill_' || g, 'echo', 'PENDING', '{"data": null, "sleep_s": 0, "fail": null}',
                    0, 3, 600, '{}', 0, extract(epoch from now()), extract(epoch from now())
-            FROM generate_series(1, $1) AS g
+            FROM generate_series($2::bigint, $2::bigint + $1 - 1) AS g
             """,
             n,
+            first,
         )
         await conn.execute("ANALYZE tasks")
     finally:
@@ -197,6 +198,29 @@ async def claim_latency(url: str, samples: int) -> dict:
             times.append((time.perf_counter() - start) * 1000)
             await c.complete(t["task_id"], t["lease"]["id"], {})
     return {"claim_p50_ms": round(pct(times, 50), 3), "claim_p99_ms": round(pct(times, 99), 3)}
+
+
+# -- the machine's HTTP floor, for context --------------------------------------------------------
+async def http_floor(server, n: int = 2000) -> dict:
+    """GET /health (an empty route) from one client: what one request costs on this machine
+    right now. The shared 2-core box varies several-fold over a day; read the task figures
+    against this."""
+    times = []
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for _ in range(100):
+            await http.get("/health")
+        cpu0 = cpu_seconds(server.process.pid)
+        start = time.perf_counter()
+        for _ in range(n):
+            t = time.perf_counter()
+            await http.get("/health")
+            times.append((time.perf_counter() - t) * 1000)
+        elapsed = time.perf_counter() - start
+    return {
+        "floor_req_per_s": round(n / elapsed, 1),
+        "floor_p50_ms": round(pct(times, 50), 3),
+        "floor_server_cpu_us_per_req": round(1e6 * (cpu_seconds(server.process.pid) - cpu0) / n, 1),
+    }
 
 
 # -- idle long-pollers ---------------------------------------------------------------------------
@@ -249,6 +273,7 @@ def bench_backend(backend: str, only: set[str], args) -> dict:
 
         def sections(db_url: str) -> None:
             with api_process(db_url, tmp_path, **env) as server:
+                results["http_floor"] = run(http_floor(server))
                 for mode, batch in (("throughput_single", 1), ("throughput_batched", args.batch)):
                     if mode.split("_")[1] not in args.modes or "throughput" not in only:
                         continue
@@ -264,7 +289,7 @@ def bench_backend(backend: str, only: set[str], args) -> dict:
                 if "claim" in only and backend == "postgres":
                     run(fill_postgres(db_url, 1000))
                     results["claim_1k_queued"] = run(claim_latency(server.url, 300))
-                    run(fill_postgres(db_url, 1_000_000 - 1000))
+                    run(fill_postgres(db_url, 1_000_000 - 1000, first=1001))
                     results["claim_1m_queued"] = run(claim_latency(server.url, 300))
 
         with_db(sections)
