@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up what they need first (scripts/setup.sh).
-.PHONY: up test setup bench
+.PHONY: up test setup
 
 setup:
 	@scripts/setup.sh
@@ -12,6 +12,3 @@ up: setup
 # since this project always has tests.
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
-
-bench: setup
-	.venv/bin/python bench/run_all.py
