@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any, Optional
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Body, Depends, Header, Query, UploadFile
 from fastapi.responses import JSONResponse
 
 from task_api.queue import SYNC_PRIORITY, Queue, request_hash, task_json

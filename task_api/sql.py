@@ -213,13 +213,13 @@ SELECT {TASK_COLUMNS} FROM done
 # counts; the task goes back to PENDING, or FAILED past max_attempts, or CANCELLED when a
 # cancel was waiting for it. Run by every API replica; on Postgres the row lock makes a
 # second replica's UPDATE re-check the WHERE and skip rows the first one already moved.
-EXPIRE_COLUMNS = f"""
+EXPIRE_COLUMNS = """
     attempts = attempts + 1,
     status = CASE WHEN cancel_requested = 1 THEN 'CANCELLED'
                   WHEN attempts + 1 >= max_attempts THEN 'FAILED' ELSE 'PENDING' END,
-    error = CASE WHEN cancel_requested = 1 THEN '{{"code": "cancelled", "message": "cancelled while running"}}'
-                 WHEN deadline_at <= :now THEN '{{"code": "timed_out", "message": "attempt ran past timeout_s"}}'
-                 ELSE '{{"code": "lease_expired", "message": "lease expired without a heartbeat"}}' END,
+    error = CASE WHEN cancel_requested = 1 THEN '{"code": "cancelled", "message": "cancelled while running"}'
+                 WHEN deadline_at <= :now THEN '{"code": "timed_out", "message": "attempt ran past timeout_s"}'
+                 ELSE '{"code": "lease_expired", "message": "lease expired without a heartbeat"}' END,
     finished_at = CASE WHEN cancel_requested = 1 OR attempts + 1 >= max_attempts THEN :now ELSE NULL END,
     not_before = :now, lease_id = NULL, lease_expires_at = NULL, deadline_at = NULL, updated_at = :now
 """
@@ -257,10 +257,10 @@ SELECT id, workflow, status, error FROM expired
 # -- release ------------------------------------------------------------------------------
 # Back to PENDING at once without counting the attempt (shutdown, model server down); a
 # cancel that was waiting for the holder ends the task instead.
-RELEASE_COLUMNS = f"""
+RELEASE_COLUMNS = """
     status = CASE WHEN cancel_requested = 1 THEN 'CANCELLED' ELSE 'PENDING' END,
     finished_at = CASE WHEN cancel_requested = 1 THEN :now ELSE NULL END,
-    error = CASE WHEN cancel_requested = 1 THEN '{{"code": "cancelled", "message": "cancelled while running"}}' ELSE error END,
+    error = CASE WHEN cancel_requested = 1 THEN '{"code": "cancelled", "message": "cancelled while running"}' ELSE error END,
     not_before = :now, lease_id = NULL, lease_expires_at = NULL, deadline_at = NULL, updated_at = :now
 """
 RELEASE_SQLITE = f"""
@@ -283,10 +283,10 @@ SELECT {TASK_COLUMNS} FROM released
 # -- producer-side state changes ------------------------------------------------------------
 # PENDING → CANCELLED at once; PROCESSING → cancel requested (the holder learns at its next
 # heartbeat). Terminal tasks match nothing.
-CANCEL_COLUMNS = f"""
+CANCEL_COLUMNS = """
     status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' ELSE status END,
     finished_at = CASE WHEN status = 'PENDING' THEN :now ELSE finished_at END,
-    error = CASE WHEN status = 'PENDING' THEN '{{"code": "cancelled", "message": "cancelled before it ran"}}' ELSE error END,
+    error = CASE WHEN status = 'PENDING' THEN '{"code": "cancelled", "message": "cancelled before it ran"}' ELSE error END,
     cancel_requested = CASE WHEN status = 'PROCESSING' THEN 1 ELSE cancel_requested END,
     updated_at = :now
 """

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-import asyncpg
 
 from taskfleet.client import ConsumerClient
 
