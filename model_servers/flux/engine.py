@@ -112,6 +112,12 @@ class FluxEngine:
         self._active: object = None  # (name, weight), None for the base model, or _UNKNOWN
         # Only the batcher calls use_lora, between runs; the lock makes a misuse fail safe, not racy.
         self._lora_lock = threading.Lock()
+        # One pipeline call runs at a time. The view below gives each call its own scheduler,
+        # but the shared components are not thread-safe either (a fast tokenizer re-sets its
+        # truncation/padding state on every call; an overlapping call on the second slot was
+        # seen to change the first one's image). Throughput comes from batching requests into
+        # one call, which the GPU runs far better than two interleaved calls anyway.
+        self._call_lock = threading.Lock()
 
     def load(self) -> str:
         """Load the base model; returns a line for /health. Raises with the reason on failure."""
@@ -222,16 +228,17 @@ class FluxEngine:
         # and each image's noise does not depend on what else shares the batch.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         try:
-            out = self._call_view()(
-                prompt=prompts,
-                width=width,
-                height=height,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                max_sequence_length=max_sequence_length,
-                generator=generators,
-                output_type="pil",
-            )
+            with self._call_lock:
+                out = self._call_view()(
+                    prompt=prompts,
+                    width=width,
+                    height=height,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    max_sequence_length=max_sequence_length,
+                    generator=generators,
+                    output_type="pil",
+                )
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             raise Unavailable("the GPU ran out of memory; try again or ask for a smaller size", code="out_of_memory") from exc

@@ -225,9 +225,9 @@ async def test_folder_that_is_not_a_diffusers_model_is_unhealthy(tmp_path, start
         server.close()
 
 
-async def test_overlapping_calls_on_two_slots_do_not_share_scheduler_state(flux_server):
-    # Different step counts and sizes never share a call, and with no LoRA they may run at once on
-    # the two slots: each must still get exactly the image it gets alone.
+async def test_overlapping_requests_on_two_slots_each_get_their_own_image(flux_server):
+    # Different step counts and sizes never share a call, and with no LoRA both slots take work at
+    # once: each request must still get exactly the image it gets alone.
     setups = [{"num_inference_steps": s, "width": w} for s in (1, 2, 3) for w in (64, 80)]
     refs = [(await generate(flux_server, seed=31, **kw))["images"][0] for kw in setups]
     for _ in range(3):
