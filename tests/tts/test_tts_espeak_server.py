@@ -95,7 +95,6 @@ async def test_languages_pick_voices(espeak, tmp_path):
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "unknown_voice"
 
 
-@pytest.mark.skipif(find_ffmpeg() is None, reason="no ffmpeg binary (apt ffmpeg or imageio-ffmpeg)")
 async def test_mp3_decodes_to_the_same_duration(espeak, tmp_path):
     result = await synthesize(espeak, tmp_path, text=LONG, format="mp3")
     assert result.metadata.format == "mp3" and result.metadata.content_type == "audio/mpeg"
