@@ -150,8 +150,9 @@ class Queue:
             }
             for spec in specs
         ]
-        if len(params) == 1 and not self._sqlite:
-            inserted = [await self.db.fetchrow(sql.INSERT_TASK, params[0])]  # no BEGIN/COMMIT trips
+        if len(params) == 1:
+            # One statement is its own transaction on both backends: no BEGIN/COMMIT round trips.
+            inserted = [await self.db.fetchrow(sql.INSERT_TASK, params[0])]
         else:
             async with self.db.transaction() as tx:
                 inserted = [await tx.fetchrow(sql.INSERT_TASK, p) for p in params]
@@ -343,10 +344,10 @@ class Queue:
         row = await conn.fetchrow(sql.FINISH_SQLITE, params)
         if row is None:
             return None
-        await conn.execute(sql.SET_FINISHED_AT_SQLITE, params)
         await conn.execute(sql.END_ATTEMPT_SQLITE, params)
-        await conn.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
-        return await conn.fetchrow(sql.SELECT_TASK, params)
+        if row["webhook_url"] is not None and row["status"] in TERMINAL:
+            await conn.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
+        return row
 
     def _after_finish(self, row: Row, params: dict[str, Any]) -> None:
         if row["status"] in TERMINAL:

@@ -171,14 +171,16 @@ FINISH_COLUMNS = """
     updated_at = :now,
     progress = CASE WHEN :status = 'COMPLETED' THEN '{"percent": 100, "message": "done"}' ELSE progress END
 """
-# finished_at is set afterwards from the status the row actually took.
+# finished_at from the status the row takes (the same CASE as status above).
+FINISHED_AT = f"""
+    finished_at = CASE
+        WHEN :outcome = 'failed' AND :retryable AND attempts + 1 < max_attempts THEN NULL
+        WHEN :status IN {TERMINAL} THEN :now ELSE NULL END
+"""
 FINISH_SQLITE = f"""
-UPDATE tasks SET {FINISH_COLUMNS}
+UPDATE tasks SET {FINISH_COLUMNS}, {FINISHED_AT}
 WHERE {FENCE}
 RETURNING {TASK_COLUMNS}
-"""
-SET_FINISHED_AT_SQLITE = f"""
-UPDATE tasks SET finished_at = CASE WHEN status IN {TERMINAL} THEN :now ELSE NULL END WHERE id = :id
 """
 END_ATTEMPT_SQLITE = """
 UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error WHERE lease_id = :lease_id
@@ -191,10 +193,7 @@ WHERE id = :id AND webhook_url IS NOT NULL AND status IN ('COMPLETED', 'FAILED',
 
 FINISH_POSTGRES = f"""
 WITH done AS (
-    UPDATE tasks SET {FINISH_COLUMNS},
-        finished_at = CASE
-            WHEN :outcome = 'failed' AND :retryable AND attempts + 1 < max_attempts THEN NULL
-            WHEN :status IN {TERMINAL} THEN :now ELSE NULL END
+    UPDATE tasks SET {FINISH_COLUMNS}, {FINISHED_AT}
     WHERE {FENCE}
     RETURNING *
 ), ended AS (
