@@ -149,15 +149,23 @@ class PostgresDB:
         self._listener: Listener | None = None
         self._conn: asyncpg.Connection | None = None  # set inside transaction()
         self._reconnect_task: asyncio.Task | None = None
+        # Server PIDs of our pool's connections: NOTIFYs they caused were already signalled
+        # in-process by the queue, which saves the round trip through the LISTEN connection.
+        self._own_pids: set[int] = set()
 
     async def connect(self) -> None:
-        self._pool = await asyncpg.create_pool(self.url, min_size=self._min, max_size=self._max)
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=self._min, max_size=self._max, init=self._remember_backend
+        )
         async with self._pool.acquire() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", self.MIGRATION_LOCK)
             try:
                 await self._migrate(conn)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", self.MIGRATION_LOCK)
+
+    async def _remember_backend(self, conn: asyncpg.Connection) -> None:
+        self._own_pids.add(conn.get_server_pid())
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
@@ -224,8 +232,9 @@ class PostgresDB:
     async def _open_listener(self) -> None:
         conn = await asyncpg.connect(self.url)
 
-        def forward(_conn: Any, _pid: int, channel: str, payload: str) -> None:
-            self._listener(channel, payload)
+        def forward(_conn: Any, pid: int, channel: str, payload: str) -> None:
+            if pid not in self._own_pids:  # another replica's change (ours woke our waiters already)
+                self._listener(channel, payload)
 
         for channel in ("taskfleet_pending", "taskfleet_done"):
             await conn.add_listener(channel, forward)

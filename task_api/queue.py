@@ -105,14 +105,13 @@ class Queue:
         self._on_webhook = on_webhook or (lambda: None)
 
     # -- signals ------------------------------------------------------------------------------
-    # On Postgres the triggers NOTIFY every replica (this one included); SQLite has only us.
+    # Changes made here wake this process's waiters directly, on both backends; on Postgres
+    # the NOTIFY trigger tells the other replicas (the database ignores our own, see db.py).
     def _signal_pending(self, workflow: str, count: int = 1) -> None:
-        if self._sqlite:
-            self.dispatcher.pending(workflow, count)
+        self.dispatcher.pending(workflow, count)
 
     def _signal_finished(self, row: Row) -> None:
-        if self._sqlite:
-            self.dispatcher.finished(row["id"])
+        self.dispatcher.finished(row["id"])
         self._on_finished(row)
         if row.get("webhook_url"):
             self._on_webhook()

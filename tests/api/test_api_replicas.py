@@ -33,3 +33,41 @@ async def test_replicas_share_wakeups_and_never_double_lease(tmp_path):
 
             await asyncio.gather(*(drain(u, n) for n, u in enumerate([a.url, b.url] * 3)))
             assert set(claims) == ids and max(claims.values()) == 1
+
+
+async def test_own_changes_wake_in_process_and_own_notifies_are_ignored():
+    """On Postgres a replica wakes its own waiters directly and drops the NOTIFY its own change
+    caused; a change made by anyone else still arrives through LISTEN."""
+    import asyncpg
+
+    from task_api.db import PostgresDB
+    from task_api.queue import Queue
+    from task_api.wakeup import Dispatcher
+
+    spec = {"workflow": "echo", "input": {}, "priority": 0, "max_attempts": 3, "timeout_s": 60,
+            "webhook_url": None, "metadata": {}, "idempotency_key": None, "body_hash": None}  # fmt: skip
+    with postgres_database() as url:
+        db = PostgresDB(url)
+        await db.connect()
+        heard: list[tuple[str, str]] = []
+        await db.listen(lambda channel, payload: heard.append((channel, payload)))
+        try:
+            queue = Queue(db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
+            fetch = asyncio.create_task(queue.fetch(["echo"], consumer_id="c", host=None, limit=1, wait_s=10))
+            await asyncio.sleep(0.2)
+            (row, created), = await queue.create_many([spec])
+            got = await asyncio.wait_for(fetch, 5)  # no reaper runs here: only the in-process signal
+            assert created and [r["id"] for r in got] == [row["id"]]
+
+            other = await asyncpg.connect(url)
+            try:
+                await other.execute("NOTIFY taskfleet_pending, 'from-elsewhere'")
+            finally:
+                await other.close()
+            for _ in range(100):
+                if heard:
+                    break
+                await asyncio.sleep(0.02)
+            assert heard == [("taskfleet_pending", "from-elsewhere")]  # our own INSERT's NOTIFY was dropped
+        finally:
+            await db.close()
