@@ -3,7 +3,9 @@
   python bench/api_bench.py [--backend sqlite|postgres|both] [--only throughput,pickup,claim,idle]
 
 - throughput: producers create N echo tasks while consumers fetch (limit > 1) and complete
-  them; tasks/s from the first create to the last completion.
+  them; tasks/s from the first create to the last completion. Modes: single (one create and
+  one complete request per task), mixed (one create per task, one complete request per
+  fetch), batched (both through the batch routes).
 - pickup: one producer creates 100 tasks/s (open loop); a long-polling consumer notes when
   each arrives: create-call start → task in the consumer's hands, p50 / p99.
 - claim (Postgres): fetch latency with 1k and with 1M tasks queued.
@@ -94,11 +96,12 @@ def consumer_proc(url: str, limit: int, batch: bool, out: mp.Queue) -> None:
     run(main())
 
 
-def throughput(url: str, n: int, producers: int, consumers: int, limit: int, batch: int) -> dict:
-    """batch > 1: producers create ``batch`` tasks per request and consumers complete what
-    each fetch gave them in one request; batch == 1: one task per create and per complete."""
+def throughput(url: str, n: int, producers: int, consumers: int, limit: int, batch: int, batch_complete: bool) -> dict:
+    """Producers create ``batch`` tasks per request (1: one per request, as Celery's producer
+    sends one message per task); consumers complete one task per request, or
+    (``batch_complete``) what each fetch gave them in one request."""
     out: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=consumer_proc, args=(url, limit, batch > 1, out)) for _ in range(consumers)]
+    procs = [mp.Process(target=consumer_proc, args=(url, limit, batch_complete, out)) for _ in range(consumers)]
     procs += [mp.Process(target=producer_proc, args=(url, n // producers, 4, batch, out)) for _ in range(producers)]
     for p in procs:
         p.start()
@@ -117,6 +120,7 @@ def throughput(url: str, n: int, producers: int, consumers: int, limit: int, bat
         "consumers": consumers,
         "fetch_limit": limit,
         "batch": batch,
+        "batch_complete": batch_complete,
     }
 
 
@@ -273,11 +277,17 @@ def bench_backend(backend: str, only: set[str], args) -> dict:
         def sections(db_url: str) -> None:
             with api_process(db_url, tmp_path, **env) as server:
                 results["http_floor"] = run(http_floor(server))
-                for mode, batch in (("throughput_single", 1), ("throughput_batched", args.batch)):
-                    if mode.split("_")[1] not in args.modes or "throughput" not in only:
+                # single: one create and one complete request per task; mixed: one create per
+                # task, one complete request per fetch; batched: both in bulk.
+                modes = (("single", 1, False), ("mixed", 1, True), ("batched", args.batch, True))
+                for name, batch, batch_complete in modes:
+                    if name not in args.modes.split(",") or "throughput" not in only:
                         continue
+                    mode = f"throughput_{name}"
                     cpu0 = cpu_seconds(server.process.pid)
-                    results[mode] = throughput(server.url, args.n, args.producers, args.consumers, args.limit, batch)
+                    results[mode] = throughput(
+                        server.url, args.n, args.producers, args.consumers, args.limit, batch, batch_complete
+                    )
                     # CPU time, unlike wall time, holds up on a machine shared with other work.
                     results[mode]["api_cpu_ms_per_task"] = round(
                         1000 * (cpu_seconds(server.process.pid) - cpu0) / results[mode]["tasks"], 3)
@@ -305,7 +315,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--pickup-n", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=50, help="tasks per create request in the batched run")
-    parser.add_argument("--modes", default="single,batched")
+    parser.add_argument("--modes", default="single,mixed,batched")
     args = parser.parse_args()
     only = set(args.only.split(","))
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
