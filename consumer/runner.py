@@ -25,6 +25,7 @@ from typing import Any, Awaitable, Callable
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
+from consumer.completions import CompletionBatcher
 from consumer.context import TaskContext
 from consumer.errors import ModelServerUnavailable, ProcessorError, TaskTimeout
 from consumer.inputs import InputFetcher, max_bytes_from_mb
@@ -108,6 +109,7 @@ class Consumer:
                 limits=httpx.Limits(max_connections=settings.api_connections, max_keepalive_connections=settings.api_connections)
             ),
         )
+        self.completions = CompletionBatcher(self.client)
         self.runnables = runnables if runnables is not None else resolve(settings.workflows)
         if storage is None:
             try:
@@ -187,6 +189,7 @@ class Consumer:
         for pool in self.pools.values():
             await pool.aclose()
         await self.fetcher.aclose()
+        await self.completions.aclose()
         await self.client.aclose()
         if self.storage is not None and hasattr(self.storage, "aclose"):
             await self.storage.aclose()
@@ -476,7 +479,10 @@ class Consumer:
 
     async def _report(self, task_id: str, action: str, lease_id: str, **kwargs: Any) -> None:
         """complete / fail / release, retried through brief API trouble; a lost lease is logged, not raised."""
-        call: Callable[..., Awaitable[Any]] = getattr(self.client, action)
+        # Completions share requests (see completions.py); fail and release are rare enough alone.
+        call: Callable[..., Awaitable[Any]] = (
+            self.completions.complete if action == "complete" else getattr(self.client, action)
+        )
         tries = 0
         try:
             async for attempt in AsyncRetrying(
