@@ -155,7 +155,7 @@ class PostgresDB:
 
     async def connect(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self.url, min_size=self._min, max_size=self._max, init=self._remember_backend
+            self.url, min_size=self._min, max_size=self._max, init=self._remember_backend, reset=_keep_session
         )
         async with self._pool.acquire() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", self.MIGRATION_LOCK)
@@ -261,6 +261,13 @@ class PostgresDB:
 
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset (advisory unlock, CLOSE ALL, UNLISTEN *, RESET ALL),
+    a second round trip on every pooled query. Our pool connections never change session state:
+    LISTEN has its own connection, the migration lock is released explicitly, and asyncpg still
+    rolls back a transaction left open before calling this."""
 
 
 def open_database(url: str) -> SqliteDB | PostgresDB:
