@@ -5,8 +5,9 @@ waiter that serves its workflow (not all of them: a burst of 500 idle consumers 
 race for one task); a waiter that then fills its whole ``limit`` passes the wake on, since more
 work may be waiting. ``/process`` callers wait here for their task to finish.
 
-Signals come from the queue itself on SQLite, and from Postgres LISTEN/NOTIFY on Postgres, so a
-create on one replica wakes a fetch parked on another.
+Signals come from the queue itself for changes this process made (both backends), and from
+Postgres LISTEN/NOTIFY for other replicas' changes, so a create on one replica wakes a fetch
+parked on another.
 """
 
 from __future__ import annotations
