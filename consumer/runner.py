@@ -36,6 +36,7 @@ from consumer.registry import Runnable, resolve
 from consumer.settings import ConsumerSettings
 from taskfleet.client import ConsumerClient
 from taskfleet.errors import ConfigError, LeaseLost, TaskfleetError
+from taskfleet.scratch import Scratch
 from taskfleet.urlguard import UrlGuard
 
 log = logging.getLogger("consumer")
@@ -110,6 +111,9 @@ class Consumer:
             ),
         )
         self.completions = CompletionBatcher(self.client)
+        # Attempt folders live in this process's own scratch folder: one left by a SIGKILLed
+        # consumer is removed by the next consumer to start on the same work_dir.
+        self.scratch = Scratch(settings.work_dir, "consumer")
         self.runnables = runnables if runnables is not None else resolve(settings.workflows)
         if storage is None:
             try:
@@ -168,6 +172,7 @@ class Consumer:
         return self._stopping.is_set()
 
     async def run(self) -> None:
+        self.scratch.open()  # before the metrics port answers: readiness implies a clean work_dir
         if self.settings.metrics_port is not None:
             self._metrics_server = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
             log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self._metrics_server.server_port)
@@ -191,6 +196,7 @@ class Consumer:
         await self.fetcher.aclose()
         await self.completions.aclose()
         await self.client.aclose()
+        self.scratch.close()
         if self.storage is not None and hasattr(self.storage, "aclose"):
             await self.storage.aclose()
         if self._metrics_server is not None:
@@ -320,7 +326,7 @@ class Consumer:
             try:
                 # Unique per attempt (a stale one from a killed consumer must not be reused);
                 # created when the processor first touches ctx.workdir.
-                workdir = Path(self.settings.work_dir) / _SAFE_NAME.sub("_", f"{running.task_id}-{running.lease_id}")
+                workdir = self.scratch.path / _SAFE_NAME.sub("_", f"{running.task_id}-{running.lease_id}")
                 lease_s = max(1.0, _seconds_until(task["lease"]["expires_at"]))
                 running.ctx = self._context(running, workdir)
             except Exception as exc:  # noqa: BLE001 -- e.g. a full disk: reported like a processor failure

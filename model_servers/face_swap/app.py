@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -39,6 +38,7 @@ from model_servers.face_swap.protocol import (
 )
 from model_servers.face_swap.settings import FaceSwapSettings
 from taskfleet.errors import BadRequest, InvalidInput, TaskfleetError
+from taskfleet.scratch import Scratch
 from taskfleet.workflows.face_swap import FaceSwapOptions
 
 log = logging.getLogger("model_servers.face_swap")
@@ -66,12 +66,16 @@ def create_app(settings: FaceSwapSettings | None = None, *, engine: Engine | Non
             state.failed(f"loading failed: {type(exc).__name__}: {exc}")
             log.exception("face swap model load failed")
 
+    scratch = Scratch(settings.work_dir, "faceswap")
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        scratch.open()  # also removes job folders left by a face swap server that was killed
         # Serve /health ("loading") while the models load, so orchestrators see progress, not silence.
         loader = asyncio.create_task(load())
         yield
         loader.cancel()
+        scratch.close()
 
     app = FastAPI(title="taskfleet face swap", lifespan=lifespan)
     app.state.model_state = state
@@ -85,7 +89,7 @@ def create_app(settings: FaceSwapSettings | None = None, *, engine: Engine | Non
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > 2 * cap + (1 << 20):
             raise InputTooLarge(f"request body is {int(declared) >> 20} MB; each file may be {settings.max_input_mb} MB")
-        workdir = Path(tempfile.mkdtemp(prefix="faceswap-", dir=settings.work_dir))
+        workdir = scratch.mkdtemp("job-")
         try:
             files, options = await receive(request, workdir, cap)
             job = Job(

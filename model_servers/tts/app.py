@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -19,6 +18,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from taskfleet.errors import InvalidInput, TaskfleetError
+from taskfleet.scratch import Scratch
 
 from model_servers.base import ModelState, install_common
 from model_servers.tts.audio import find_ffmpeg
@@ -76,11 +76,15 @@ def create_app(settings: TtsSettings | None = None, engine: Engine | None = None
         else:
             state.ready(engine.device, f"{engine.name}: {len(engine.voices())} voices")
 
+    scratch = Scratch(None, "tts")
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        scratch.open()  # also removes job folders left by a TTS server that was killed
         loading = asyncio.create_task(load())
         yield
         loading.cancel()
+        scratch.close()
 
     app = FastAPI(title="taskfleet TTS server", lifespan=lifespan)
     app.state.tts = state
@@ -116,7 +120,7 @@ def create_app(settings: TtsSettings | None = None, engine: Engine | None = None
                 code="voice_cloning_unsupported",
             )
         voice = engine.resolve_voice(req.voice, req.language)
-        workdir = Path(tempfile.mkdtemp(prefix="tts-"))
+        workdir = scratch.mkdtemp("job-")
         try:
             async with state.slots.slot():
                 result = await asyncio.to_thread(

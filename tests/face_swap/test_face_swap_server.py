@@ -161,3 +161,28 @@ def test_image_target_ignores_video_formats(lite_server, photos):
     status, events, files = post_process(lite_server.url, photos["hopper"], photos["astronaut"], {"output_formats": ["gif", "mp4"]})
     assert status == 200
     assert list(files) == ["output.png"]  # the target's own format when no image format was asked for
+
+
+def test_jobs_use_the_servers_scratch_folder_and_a_killed_servers_leftovers_go(tmp_path, photos):
+    import time
+
+    from taskfleet.scratch import LOCK_SUFFIX
+
+    work = tmp_path / "work"
+    # What a SIGKILLed face swap server leaves: its folder, and a lock file nobody holds any more.
+    left = work / "faceswap-1-dead"
+    (left / "job-x").mkdir(parents=True)
+    (left / "job-x" / "frames.raw").write_bytes(b"\0" * 1024)
+    (work / f"faceswap-1-dead{LOCK_SUFFIX}").touch()
+    (tmp_path / "empty").mkdir()
+    settings = settings_for(tmp_path / "empty", face_swap_engine="lite", work_dir=str(work))
+    with LiveServer(create_app(settings)) as server:
+        assert not left.exists()
+        [own] = [p for p in work.iterdir() if p.is_dir()]
+        status, _, _ = post_process(server.url, photos["hopper"], photos["astronaut"])
+        assert status == 200
+        deadline = time.monotonic() + 5
+        while list(own.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(own.iterdir()) == []  # the job's folder went with its answer
+    assert list(work.iterdir()) == []  # a clean stop removes the server's own folder and lock
