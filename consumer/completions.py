@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from typing import Any
 
 from taskfleet import errors
@@ -26,7 +27,7 @@ BATCH_ITEMS = 100
 class CompletionBatcher:
     def __init__(self, client: ConsumerClient) -> None:
         self._client = client
-        self._queued: list[tuple[str, str, Any, int, asyncio.Future]] = []
+        self._queued: deque[tuple[str, str, Any, int, asyncio.Future]] = deque()
         self._sender: asyncio.Task | None = None
 
     async def complete(self, task_id: str, lease_id: str, output: Any) -> dict[str, Any]:
@@ -45,7 +46,7 @@ class CompletionBatcher:
             size = self._queued[0][3]
             if batch and total + size > BATCH_BYTES:
                 break
-            batch.append(self._queued.pop(0))
+            batch.append(self._queued.popleft())
             total += size
         return batch
 
