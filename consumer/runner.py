@@ -34,7 +34,7 @@ from consumer.metrics import Metrics
 from consumer.model_client import ModelServerPool
 from consumer.registry import Runnable, resolve
 from consumer.settings import ConsumerSettings
-from taskfleet.client import ConsumerClient
+from taskfleet.client import ApiTransport, ConsumerClient
 from taskfleet.errors import ConfigError, LeaseLost, TaskfleetError
 from taskfleet.scratch import Scratch
 from taskfleet.urlguard import UrlGuard
@@ -104,9 +104,9 @@ class Consumer:
         self.metrics = metrics or Metrics()
         self.client = client or ConsumerClient(
             settings.api_url, settings.consumer_token, consumer_id=settings.consumer_id,
-            # A few connections, not one per task: httpcore scans every pooled connection on each
-            # request, which at 30+ connections cost more CPU than the requests themselves.
-            transport=httpx.AsyncHTTPTransport(
+            # A few connections, not one per task: a long-poll, a complete and a heartbeat or two
+            # are all a consumer has in flight, and each idle connection is a server socket.
+            transport=ApiTransport(
                 limits=httpx.Limits(max_connections=settings.api_connections, max_keepalive_connections=settings.api_connections)
             ),
         )

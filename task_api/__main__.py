@@ -11,6 +11,8 @@ import uvicorn
 from task_api.app import create_app
 from task_api.settings import ApiSettings
 
+KEEP_ALIVE_S = 30
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="taskfleet api", description="Run the task API")
@@ -23,7 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = ApiSettings(**overrides)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False)
+    # Idle connections stay open longer than the clients keep theirs (5 s), so a client never
+    # sends a request on a connection the API is closing at that moment: a POST lost that way
+    # could not be resent safely.
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
 
 
 if __name__ == "__main__":

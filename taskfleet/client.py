@@ -3,6 +3,10 @@
 Retries live at the transport: a request that never reached the API (connection refused or
 timed out while connecting) is resent; anything that may have reached it is not, because the
 API's fencing would turn a blind resend of ``complete`` into a confusing ``lease_lost``.
+
+The bytes move through aiohttp (httpx-aiohttp's transport) under the httpx API: on the 2-core
+reference machine httpx's own httpcore stack costs about 0.95 ms of CPU per request against
+about 0.5 ms through aiohttp, and a producer sends one request per task.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import time
 import uuid
 from typing import Any, Iterable
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from httpx_retries import Retry, RetryTransport
 
 from taskfleet import errors
@@ -32,6 +38,23 @@ _BY_STATUS: dict[int, type[errors.TaskfleetError]] = {
 }
 
 
+class ApiTransport(AiohttpTransport):
+    """httpx-aiohttp turns every ``aiohttp.ClientConnectionError`` into ``ConnectTimeout``,
+    including a server that dropped the connection after the request went out. Only a failed
+    connect may be resent, so the others become ``RemoteProtocolError``."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.ConnectTimeout as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiohttp.ConnectionTimeoutError):
+                raise
+            if isinstance(cause, aiohttp.ClientConnectorError):
+                raise httpx.ConnectError(str(exc), request=request) from cause
+            raise httpx.RemoteProtocolError(str(exc), request=request) from cause
+
+
 def connect_retry_transport(transport: httpx.AsyncBaseTransport | None = None) -> RetryTransport:
     retry = Retry(
         total=5,
@@ -42,7 +65,7 @@ def connect_retry_transport(transport: httpx.AsyncBaseTransport | None = None) -
     # An empty status_forcelist argument means "the defaults" (429/502/503/504) to
     # httpx-retries; a response means the request may have been acted on, so none is retried.
     retry.status_forcelist = frozenset()
-    return RetryTransport(transport=transport or httpx.AsyncHTTPTransport(), retry=retry)
+    return RetryTransport(transport=transport or ApiTransport(), retry=retry)
 
 
 def raise_for_error(response: httpx.Response) -> None:
