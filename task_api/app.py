@@ -117,6 +117,7 @@ def create_app(
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await webhooks.aclose()
+            await queue.aclose()
             await db.close()
 
     app = FastAPI(title="taskfleet task API", version="0.1.0", lifespan=lifespan)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 from task_api import sql
 from task_api.db import PostgresDB, Row, SqliteDB
 from task_api.wakeup import Dispatcher
+from taskfleet.coalesce import Coalescer
 from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
@@ -103,6 +104,7 @@ class Queue:
         self._sqlite = db.dialect == "sqlite"
         self._on_finished = on_finished or (lambda row: None)
         self._on_webhook = on_webhook or (lambda: None)
+        self._creates: Coalescer[dict[str, Any], tuple[Row, bool]] = Coalescer(self._create_together)
 
     # -- signals ------------------------------------------------------------------------------
     # Changes made here wake this process's waiters directly, on both backends; on Postgres
@@ -123,57 +125,94 @@ class Queue:
 
     # -- producer side ----------------------------------------------------------------------
     async def create(self, **spec: Any) -> tuple[Row, bool]:
-        """Insert a task; returns (row, created). A repeated key returns the first task."""
-        [result] = await self.create_many([spec])
-        return result
+        """Insert a task; returns (row, created). A repeated key returns the first task.
+
+        Creates that arrive while one is being written go together in the next write (one
+        statement and one commit on Postgres); each is still committed before it returns."""
+        return await self._creates.submit(self._insert_params(spec, time.time()))
 
     async def create_many(self, specs: list[dict[str, Any]]) -> list[tuple[Row, bool]]:
-        """Insert tasks in one transaction: all of them or none. Each spec holds workflow,
-        input, priority, max_attempts, timeout_s, webhook_url, metadata, idempotency_key,
-        body_hash and optionally notify_done."""
+        """Insert tasks in one transaction: all of them or none, an idempotency conflict
+        included. Each spec holds workflow, input, priority, max_attempts, timeout_s,
+        webhook_url, metadata, idempotency_key, body_hash and optionally notify_done."""
         now = time.time()
-        params = [
-            {
-                "id": f"tsk_{uuid.uuid4().hex}",
-                "workflow": spec["workflow"],
-                "input": dumps(spec["input"]),
-                "priority": spec["priority"],
-                "max_attempts": spec["max_attempts"],
-                "timeout_s": float(spec["timeout_s"]),
-                "webhook_url": spec["webhook_url"],
-                "metadata": dumps(spec["metadata"]),
-                "idempotency_key": spec["idempotency_key"],
-                "request_hash": spec["body_hash"],
-                "notify_done": int(spec.get("notify_done", False)),
-                "now": now,
-            }
-            for spec in specs
-        ]
+        params = [self._insert_params(spec, now) for spec in specs]
+        async with self.db.transaction() as tx:
+            inserted = await self._insert(tx, params)
+            results = [await self._existing_or_new(tx, p, row) for p, row in zip(params, inserted)]
+        self._signal_created(results)
+        return results
+
+    async def _create_together(self, params: list[dict[str, Any]]) -> list[tuple[Row, bool] | Exception]:
+        """The coalescer's flush: independent creates, so one item's idempotency conflict is
+        its own answer and does not undo the others."""
         if len(params) == 1:
             # One statement is its own transaction on both backends: no BEGIN/COMMIT round trips.
             inserted = [await self.db.fetchrow(sql.INSERT_TASK, params[0])]
-        else:
+        elif self._sqlite:
             async with self.db.transaction() as tx:
-                inserted = [await tx.fetchrow(sql.INSERT_TASK, p) for p in params]
-        results: list[tuple[Row, bool]] = []
-        fresh: dict[str, int] = {}
+                inserted = await self._insert(tx, params)
+        else:
+            inserted = await self._insert(self.db, params)  # one statement: atomic by itself
+        results: list[tuple[Row, bool] | Exception] = []
         for p, row in zip(params, inserted):
-            if row is not None:
-                fresh[p["workflow"]] = fresh.get(p["workflow"], 0) + 1
-                results.append((row, True))
-                continue
-            existing = await self.db.fetchrow(sql.SELECT_BY_IDEMPOTENCY_KEY, {"key": p["idempotency_key"]})
-            if existing is None:  # the first task was purged by retention between the two reads
-                raise Conflict("idempotency key was used by a task that no longer exists", code="idempotency_conflict")
-            if existing["request_hash"] != p["request_hash"]:
-                raise Conflict(
-                    f"idempotency key {p['idempotency_key']!r} already used with a different request",
-                    code="idempotency_conflict",
-                )
-            results.append((existing, False))
+            try:
+                results.append(await self._existing_or_new(self.db, p, row))
+            except Conflict as exc:
+                results.append(exc)
+        self._signal_created([r for r in results if not isinstance(r, Exception)])
+        return results
+
+    @staticmethod
+    def _insert_params(spec: dict[str, Any], now: float) -> dict[str, Any]:
+        return {
+            "id": f"tsk_{uuid.uuid4().hex}",
+            "workflow": spec["workflow"],
+            "input": dumps(spec["input"]),
+            "priority": spec["priority"],
+            "max_attempts": spec["max_attempts"],
+            "timeout_s": float(spec["timeout_s"]),
+            "webhook_url": spec["webhook_url"],
+            "metadata": dumps(spec["metadata"]),
+            "idempotency_key": spec["idempotency_key"],
+            "request_hash": spec["body_hash"],
+            "notify_done": int(spec.get("notify_done", False)),
+            "now": now,
+        }
+
+    async def _insert(self, db: SqliteDB | PostgresDB, params: list[dict[str, Any]]) -> list[Row | None]:
+        """Each task's new row, or None where its idempotency key was already taken."""
+        if self._sqlite:  # in-process: a statement per row costs no round trip
+            return [await db.fetchrow(sql.INSERT_TASK, p) for p in params]
+        columns = {f"{name}_list": [p[name] for p in params] for name in sql.INSERT_TASKS_COLUMNS}
+        rows = await db.fetch(sql.INSERT_TASKS_PG, {**columns, "now": params[0]["now"]})
+        by_id = {row["id"]: row for row in rows}
+        return [by_id.get(p["id"]) for p in params]
+
+    @staticmethod
+    async def _existing_or_new(db: SqliteDB | PostgresDB, p: dict[str, Any], row: Row | None) -> tuple[Row, bool]:
+        if row is not None:
+            return row, True
+        existing = await db.fetchrow(sql.SELECT_BY_IDEMPOTENCY_KEY, {"key": p["idempotency_key"]})
+        if existing is None:  # the first task was purged by retention between the two reads
+            raise Conflict("idempotency key was used by a task that no longer exists", code="idempotency_conflict")
+        if existing["request_hash"] != p["request_hash"]:
+            raise Conflict(
+                f"idempotency key {p['idempotency_key']!r} already used with a different request",
+                code="idempotency_conflict",
+            )
+        return existing, False
+
+    async def aclose(self) -> None:
+        await self._creates.aclose()
+
+    def _signal_created(self, results: list[tuple[Row, bool]]) -> None:
+        fresh: dict[str, int] = {}
+        for row, created in results:
+            if created:
+                fresh[row["workflow"]] = fresh.get(row["workflow"], 0) + 1
         for workflow, count in fresh.items():
             self._signal_pending(workflow, count)
-        return results
 
     async def get(self, task_id: str) -> Row:
         row = await self.db.fetchrow(sql.SELECT_TASK, {"id": task_id})

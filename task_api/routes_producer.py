@@ -57,7 +57,7 @@ def producer_router(svc: Services) -> APIRouter:
                 svc.metrics.created.labels(row["workflow"]).inc()
 
     async def submit(body: CreateTask, **kwargs: Any) -> tuple[dict, bool]:
-        [result] = await queue.create_many([spec_of(body, **kwargs)])
+        result = await queue.create(**spec_of(body, **kwargs))
         count_created([result])
         return result
 

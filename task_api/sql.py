@@ -37,6 +37,11 @@ PG_TYPES = {
     "retryable": "boolean", "any_workflow": "boolean", "give_up": "boolean",
     "workflows": "text[]", "status": "text", "workflow": "text", "outcome": "text",
     "output": "text", "error": "text", "progress": "text",
+    # INSERT_TASKS_PG's columns, one array each
+    "id_list": "text[]", "workflow_list": "text[]", "input_list": "text[]", "priority_list": "int[]",
+    "max_attempts_list": "int[]", "timeout_s_list": "float8[]", "webhook_url_list": "text[]",
+    "metadata_list": "text[]", "idempotency_key_list": "text[]", "request_hash_list": "text[]",
+    "notify_done_list": "int[]",
 }
 
 
@@ -64,6 +69,30 @@ INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_
                    created_at, updated_at)
 VALUES (:id, :workflow, 'PENDING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
         :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING {TASK_COLUMNS}
+"""
+
+# Postgres: many tasks in one statement, one round trip and one commit (the batch route, and
+# creates that arrive while another is being written). Rows go in the order given, so seq keeps
+# submission order; a row whose idempotency key is taken, in the table or earlier in the same
+# list, is skipped and missing from RETURNING.
+INSERT_TASKS_COLUMNS = (
+    "id", "workflow", "input", "priority", "max_attempts", "timeout_s", "webhook_url",
+    "metadata", "idempotency_key", "request_hash", "notify_done",
+)
+INSERT_TASKS_PG = f"""
+INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
+                   metadata, idempotency_key, request_hash, notify_done, not_before,
+                   created_at, updated_at)
+SELECT r.id, r.workflow, 'PENDING', r.input, r.priority, r.max_attempts, r.timeout_s, r.webhook_url,
+       r.metadata, r.idempotency_key, r.request_hash, r.notify_done, :now, :now, :now
+FROM unnest(:id_list, :workflow_list, :input_list, :priority_list, :max_attempts_list,
+            :timeout_s_list, :webhook_url_list, :metadata_list, :idempotency_key_list,
+            :request_hash_list, :notify_done_list) WITH ORDINALITY
+     AS r(id, workflow, input, priority, max_attempts, timeout_s, webhook_url,
+          metadata, idempotency_key, request_hash, notify_done, ord)
+ORDER BY r.ord
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {TASK_COLUMNS}
 """

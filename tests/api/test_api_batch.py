@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from taskfleet.errors import InvalidInput
+from taskfleet.errors import Conflict, InvalidInput
 
 
 async def test_batch_create_is_ordered_and_all_or_nothing(api, producer, consumer):
@@ -43,3 +43,15 @@ async def test_complete_many_fences_each_item(api, producer, consumer):
     async with httpx.AsyncClient(base_url=api.url) as http:
         r = await http.post("/api/comm/tasks/complete", json={"items": []})
         assert r.status_code == 422
+
+
+async def test_batch_create_with_a_conflicting_key_creates_nothing(producer, consumer):
+    await producer.submit_many([{"workflow": "echo", "input": {"data": 1}, "idempotency_key": "taken"}])
+    await consumer.fetch(["echo"], wait_s=0)  # lease the first task: the queue is empty again
+    with pytest.raises(Conflict) as err:
+        await producer.submit_many([
+            {"workflow": "echo", "input": {"data": "new"}},
+            {"workflow": "echo", "input": {"data": "other"}, "idempotency_key": "taken"},
+        ])
+    assert err.value.code == "idempotency_conflict"
+    assert await consumer.fetch(["echo"], wait_s=0) == []  # the first item was rolled back too
