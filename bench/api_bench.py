@@ -85,6 +85,8 @@ def consumer_proc(url: str, limit: int, batch: bool, out: mp.Queue) -> None:
                     continue
                 idle = 0
                 if batch:
+                    # What a fetch gave goes back in one request; tasks that arrive meanwhile
+                    # wait for the next fetch, which so takes more at once.
                     await c.complete_many([(t["task_id"], t["lease"]["id"], {"data": t["input"]["data"]}) for t in tasks])
                 else:
                     for t in tasks:
@@ -96,13 +98,15 @@ def consumer_proc(url: str, limit: int, batch: bool, out: mp.Queue) -> None:
     run(main())
 
 
-def throughput(url: str, n: int, producers: int, consumers: int, limit: int, batch: int, batch_complete: bool) -> dict:
+def throughput(
+    url: str, n: int, producers: int, concurrency: int, consumers: int, limit: int, batch: int, batch_complete: bool
+) -> dict:
     """Producers create ``batch`` tasks per request (1: one per request, as Celery's producer
     sends one message per task); consumers complete one task per request, or
     (``batch_complete``) what each fetch gave them in one request."""
     out: mp.Queue = mp.Queue()
     procs = [mp.Process(target=consumer_proc, args=(url, limit, batch_complete, out)) for _ in range(consumers)]
-    procs += [mp.Process(target=producer_proc, args=(url, n // producers, 4, batch, out)) for _ in range(producers)]
+    procs += [mp.Process(target=producer_proc, args=(url, n // producers, concurrency, batch, out)) for _ in range(producers)]
     for p in procs:
         p.start()
     results = [out.get(timeout=600) for _ in procs]
@@ -117,6 +121,7 @@ def throughput(url: str, n: int, producers: int, consumers: int, limit: int, bat
         "e2e_tasks_per_s": round(done / (last - first), 1),
         "create_per_s": round(n / (produced_end - first), 1),
         "producers": producers,
+        "requests_in_flight_per_producer": concurrency,
         "consumers": consumers,
         "fetch_limit": limit,
         "batch": batch,
@@ -292,7 +297,8 @@ def bench_backend(backend: str, only: set[str], args) -> dict:
                     mode = f"throughput_{name}"
                     cpu0 = cpu_seconds(server.process.pid)
                     results[mode] = throughput(
-                        server.url, args.n, args.producers, args.consumers, args.limit, batch, batch_complete
+                        server.url, args.n, args.producers, args.concurrency, args.consumers, args.limit, batch,
+                        batch_complete,
                     )
                     # CPU time, unlike wall time, holds up on a machine shared with other work.
                     results[mode]["api_cpu_ms_per_task"] = round(
@@ -317,6 +323,7 @@ def main() -> None:
     parser.add_argument("--only", default="throughput,pickup,claim,idle")
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--producers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4, help="create requests in flight per producer")
     parser.add_argument("--consumers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--pickup-n", type=int, default=1000)
