@@ -129,7 +129,11 @@ class Queue:
 
         Creates that arrive while one is being written go together in the next write (one
         statement and one commit on Postgres); each is still committed before it returns."""
-        return await self._creates.submit(self._insert_params(spec, time.time()))
+        result = await self._creates.submit(self._insert_params(spec, time.time()))
+        # A fetch this create woke claims before the create's own answer is written: on the way
+        # to a consumer, not behind the producer's response.
+        await asyncio.sleep(0)
+        return result
 
     async def create_many(self, specs: list[dict[str, Any]]) -> list[tuple[Row, bool]]:
         """Insert tasks in one transaction: all of them or none, an idempotency conflict
@@ -296,7 +300,7 @@ class Queue:
         host: str | None,
         limit: int,
         wait_s: float,
-        gone: Callable[[], Any] | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> list[Row]:
         """Claim up to ``limit`` tasks, waiting up to ``wait_s`` for some to appear."""
         names = frozenset(workflows or ()) or None
@@ -306,7 +310,7 @@ class Queue:
             try:
                 rows = await self.claim(names, consumer_id=consumer_id, host=host, limit=limit)
                 if rows:
-                    if waiter.event.is_set() or len(rows) == limit:
+                    if waiter.is_woken or len(rows) == limit:
                         # We consumed a wake meant for someone, or there may be more: pass it on.
                         self.dispatcher.pending(rows[-1]["workflow"])
                     return rows
@@ -314,10 +318,13 @@ class Queue:
                 if remaining <= 0:
                     return []
                 try:
-                    await asyncio.wait_for(waiter.event.wait(), remaining)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(remaining):
+                        await waiter.woken
+                except TimeoutError:
                     return []
-                if gone is not None and await gone():
+                if gone is not None and gone():
+                    # The consumer hung up: claim nothing for it, and hand the wake to another.
+                    self.dispatcher.pending(None)
                     return []
             finally:
                 self.dispatcher.unregister(waiter)

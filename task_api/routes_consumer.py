@@ -7,6 +7,7 @@ document them) instead of paying for a second validation of what the queue just 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -38,6 +39,29 @@ def status_body(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class HangUpWatch:
+    """Notices that a long-polling consumer hung up, so a wake does not claim a task for nobody.
+
+    It listens from the start, beside the wait, and answers at once when asked. Starlette's
+    ``request.is_disconnected()`` asks the server at that moment instead, through an anyio
+    cancel scope: about 0.1 ms between a create's wake-up and the claim."""
+
+    def __init__(self, request: Request) -> None:
+        self.gone = False
+        self._task = asyncio.create_task(self._listen(request.receive))
+
+    async def _listen(self, receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+
+    def __call__(self) -> bool:
+        return self.gone
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
 def consumer_router(svc: Services) -> APIRouter:
     router = APIRouter(dependencies=[Depends(svc.auth.require("consumer"))], responses=ERRORS)
     queue: Queue = svc.queue
@@ -58,14 +82,18 @@ def consumer_router(svc: Services) -> APIRouter:
     ) -> Response:
         for name in workflow:
             svc.workflows.get(name)  # an unknown workflow is a 422, not an endless empty wait
-        rows = await queue.fetch(
-            workflow,
-            consumer_id=consumer_id,
-            host=host or (request.client.host if request.client else None),
-            limit=limit,
-            wait_s=wait_s,
-            gone=request.is_disconnected,
-        )
+        hang_up = HangUpWatch(request)
+        try:
+            rows = await queue.fetch(
+                workflow,
+                consumer_id=consumer_id,
+                host=host or (request.client.host if request.client else None),
+                limit=limit,
+                wait_s=wait_s,
+                gone=hang_up,
+            )
+        finally:
+            hang_up.close()
         if not rows:
             return Response(status_code=204)
         tasks = [

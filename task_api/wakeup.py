@@ -17,14 +17,25 @@ from collections import deque
 
 
 class Waiter:
-    __slots__ = ("workflows", "event")
+    """A parked fetch. A bare future, not an ``asyncio.Event`` under ``wait_for``: its waker
+    resumes the fetch in one loop step instead of three."""
+
+    __slots__ = ("workflows", "woken")
 
     def __init__(self, workflows: frozenset[str] | None) -> None:
         self.workflows = workflows  # None: any workflow
-        self.event = asyncio.Event()
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def serves(self, workflow: str | None) -> bool:
         return workflow is None or self.workflows is None or workflow in self.workflows
+
+    def wake(self) -> None:
+        if not self.woken.done():
+            self.woken.set_result(None)
+
+    @property
+    def is_woken(self) -> bool:
+        return self.woken.done()
 
 
 class Dispatcher:
@@ -47,7 +58,8 @@ class Dispatcher:
 
     def rearm(self, waiter: Waiter) -> None:
         """Back in line after a wake that found nothing (another replica was faster)."""
-        waiter.event.clear()
+        if waiter.woken.done():
+            waiter.woken = asyncio.get_running_loop().create_future()
         if waiter not in self._waiters:
             self._waiters.append(waiter)
 
@@ -55,16 +67,17 @@ class Dispatcher:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def pending(self, workflow: str | None = None, count: int = 1) -> None:
-        """``count`` tasks of ``workflow`` (None: unknown) became claimable."""
+    def pending(self, workflow: str | None = None, count: int = 1) -> int:
+        """``count`` tasks of ``workflow`` (None: unknown) became claimable; how many woke."""
         woken = 0
         for waiter in list(self._waiters):
             if woken >= count:
                 break
-            if not waiter.event.is_set() and waiter.serves(workflow):
-                waiter.event.set()
+            if not waiter.is_woken and waiter.serves(workflow):
+                waiter.wake()
                 self._waiters.remove(waiter)
                 woken += 1
+        return woken
 
     # -- /process side ----------------------------------------------------------------------
     def watch(self, task_id: str) -> asyncio.Event:
