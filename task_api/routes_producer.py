@@ -7,7 +7,8 @@ import time
 import uuid
 from typing import Any, Optional
 
-from fastapi import APIRouter, Body, Depends, Header, Query, UploadFile
+from fastapi import APIRouter, Body, Depends, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from task_api.queue import SYNC_PRIORITY, Queue, request_hash, task_json
@@ -22,11 +23,22 @@ from task_api.schemas import (
     TaskBatch,
     TaskPage,
     TaskWithHistory,
+    parse_body,
 )
 from task_api.services import Services
 from taskfleet.errors import BadRequest, PayloadTooLarge, TaskfleetError
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
+CREATE_TASK_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateTask"}}},
+    },
+    "parameters": [{
+        "name": "idempotency-key", "in": "header", "required": False,
+        "schema": {"anyOf": [{"type": "string", "maxLength": 200}, {"type": "null"}], "title": "Idempotency-Key"},
+    }],  # fmt: skip
+}
 
 
 def producer_router(svc: Services) -> APIRouter:
@@ -61,11 +73,18 @@ def producer_router(svc: Services) -> APIRouter:
         count_created([result])
         return result
 
-    @router.post("/api/tasks", status_code=201, response_model=Task)
-    async def create_task(
-        body: CreateTask, idempotency_key: Optional[str] = Header(None, max_length=200)
-    ) -> JSONResponse:
+    # The hottest route parses its own body and header: FastAPI's parameter solving cost about
+    # 0.1 ms of a create (a third of its in-process time). The schema it documents is the same.
+    @router.post("/api/tasks", status_code=201, response_model=Task, openapi_extra=CREATE_TASK_OPENAPI)
+    async def create_task(request: Request) -> JSONResponse:
+        body = parse_body(CreateTask, await request.body())
+        idempotency_key = request.headers.get("idempotency-key")
         if idempotency_key and not body.idempotency_key:
+            if len(idempotency_key) > 200:
+                raise RequestValidationError([{
+                    "type": "string_too_long", "loc": ("header", "idempotency-key"),
+                    "msg": "String should have at most 200 characters", "input": idempotency_key,
+                }])  # fmt: skip
             body = body.model_copy(update={"idempotency_key": idempotency_key})
         row, created = await submit(body)
         return JSONResponse(task_json(row), status_code=201 if created else 200)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Status = Literal["PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
 MAX_PRIORITY = 1000
+M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
@@ -156,3 +158,16 @@ class FileUploaded(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorInfo
+
+
+def parse_body(model: type[M], raw: bytes) -> M:
+    """A JSON body as ``model``, with the errors FastAPI would give: a request validation
+    error whose locations start at ``body`` (malformed JSON is its ``json_invalid``)."""
+    if not raw:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
+        ) from None

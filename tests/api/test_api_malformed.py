@@ -22,6 +22,9 @@ CASES = [
     # (method, path, kwargs, status, code)
     ("POST", "/api/tasks", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
     ("POST", "/api/tasks", {"json": []}, 422, "validation_error"),
+    ("POST", "/api/tasks", {"content": b""}, 422, "validation_error"),
+    ("POST", "/api/tasks", {"content": b"\xff\xfe{}", "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+    ("POST", "/api/tasks", {"json": {"workflow": "echo"}, "headers": {"idempotency-key": "k" * 201}}, 422, "validation_error"),
     ("POST", "/api/tasks", {"json": {"input": {}}}, 422, "validation_error"),
     ("POST", "/api/tasks", {"json": {"workflow": "echo", "priority": "high"}}, 422, "validation_error"),
     ("POST", "/api/tasks", {"json": {"workflow": "echo", "priority": 10**9}}, 422, "validation_error"),
