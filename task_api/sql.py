@@ -149,12 +149,18 @@ WITH picked AS (
       AND (:any_workflow OR workflow = ANY(:workflows))
     ORDER BY priority DESC, seq LIMIT :limit
     FOR UPDATE SKIP LOCKED
+), no_flush_wait AS (
+    -- This claim's commit does not wait for its WAL flush (about 0.4 ms of every pickup). Only
+    -- a crash of Postgres itself in the next few hundred ms can undo a claim: the task is then
+    -- PENDING again, the holder's next write is fenced (409), and it runs once more. A create,
+    -- complete or fail still waits for its flush, and flushing it flushes every claim before it.
+    SELECT set_config('synchronous_commit', 'off', true) AS setting
 ), leased AS (
     UPDATE tasks t SET
         status = 'PROCESSING', lease_id = md5(random()::text || t.id || clock_timestamp()::text),
         consumer_id = :consumer_id, lease_expires_at = :now + :lease_s,
         deadline_at = :now + t.timeout_s, cancel_requested = 0, started_at = :now, updated_at = :now
-    FROM picked WHERE t.seq = picked.seq
+    FROM picked, no_flush_wait WHERE t.seq = picked.seq
     RETURNING t.*
 ), history AS (
     INSERT INTO attempts (lease_id, task_id, consumer_id, host, started_at)
