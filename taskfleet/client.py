@@ -25,6 +25,7 @@ from httpx_retries import Retry, RetryTransport
 from taskfleet import errors
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+PER_TASK_PATHS = ("/api/tasks", "/api/comm/task/fetch", "/api/comm/tasks/complete")
 
 _BY_STATUS: dict[int, type[errors.TaskfleetError]] = {
     400: errors.BadRequest,
@@ -97,9 +98,13 @@ class _Base:
             transport=connect_retry_transport(transport),
             trust_env=False,
         )
+        # The per-task routes as absolute URLs, parsed once: httpx re-parses and joins a
+        # relative path against base_url on every request (~50 µs each).
+        base = str(self._http.base_url).rstrip("/")  # keeps a path prefix, as httpx's own join does
+        self._absolute = {path: httpx.URL(base + path) for path in PER_TASK_PATHS}
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        response = await self._http.request(method, url, **kwargs)
+        response = await self._http.request(method, self._absolute.get(url, url), **kwargs)
         raise_for_error(response)
         return response
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from taskfleet.client import ConsumerClient
+from taskfleet.client import ConsumerClient, ProducerClient
 from taskfleet.errors import LeaseLost, Unavailable
 
 
@@ -31,3 +31,27 @@ async def test_connect_errors_are_retried_answers_are_not():
         with pytest.raises(LeaseLost):
             await client.complete("t", "l", {})
         assert len(calls) == 4
+
+
+async def test_a_base_url_prefix_is_kept_on_every_route():
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url).split("?")[0])
+        if request.url.path.endswith("/fetch"):
+            return httpx.Response(204)
+        if request.url.path.endswith("/tasks/complete"):
+            return httpx.Response(200, json={"results": []})
+        return httpx.Response(201, json={"task_id": "t"})
+
+    for base in ("http://api.test/prefix", "http://api.test/prefix/"):
+        async with ProducerClient(base, transport=httpx.MockTransport(handler)) as producer:
+            await producer.submit("echo", {})
+            await producer.get("t")
+        async with ConsumerClient(base, transport=httpx.MockTransport(handler)) as consumer:
+            await consumer.fetch(["echo"], wait_s=0)
+            await consumer.complete_many([])
+    assert seen == 2 * [
+        "http://api.test/prefix/api/tasks", "http://api.test/prefix/api/tasks/t",
+        "http://api.test/prefix/api/comm/task/fetch", "http://api.test/prefix/api/comm/tasks/complete",
+    ]  # fmt: skip
