@@ -5,8 +5,9 @@ waits for nobody and pays no hand-off. Calls that arrive meanwhile queue; when t
 flight ends, one background task serves the queue in batches until it is empty. Each caller
 gets its own item's result, or its own exception.
 
-The task API's creates use it (one INSERT and one commit for many on Postgres). The
-libraries found (coalescer, aiocoalesce) only merge identical calls; this merges different ones.
+The task API's creates use it (one INSERT and one commit for many on Postgres), and so do the
+consumer's completions (one request for many). The libraries found (coalescer, aiocoalesce)
+only merge identical calls; this merges different ones.
 """
 
 from __future__ import annotations
@@ -23,9 +24,21 @@ Flush = Callable[[list[T]], Awaitable[Sequence["R | Exception"]]]
 
 
 class Coalescer(Generic[T, R]):
-    def __init__(self, flush: Flush, *, max_items: int = 100) -> None:
+    """``max_items`` and, with a ``size`` function, ``max_size`` bound one flush; an item
+    bigger than ``max_size`` still goes, alone."""
+
+    def __init__(
+        self,
+        flush: Flush,
+        *,
+        max_items: int = 100,
+        size: Callable[[T], int] | None = None,
+        max_size: int | None = None,
+    ) -> None:
         self._flush = flush
         self._max_items = max_items
+        self._size = size
+        self._max_size = max_size
         self._queued: deque[tuple[T, asyncio.Future]] = deque()
         self._busy = False
         self._drainer: asyncio.Task | None = None
@@ -50,7 +63,7 @@ class Coalescer(Generic[T, R]):
     async def _drain(self) -> None:
         try:
             while self._queued:
-                batch = [self._queued.popleft() for _ in range(min(self._max_items, len(self._queued)))]
+                batch = self._next_batch()
                 try:
                     results: Sequence[R | Exception] = await self._flush([item for item, _ in batch])
                 except asyncio.CancelledError:
@@ -68,6 +81,18 @@ class Coalescer(Generic[T, R]):
                         future.set_result(result)
         finally:
             self._busy = False
+
+    def _next_batch(self) -> list[tuple[T, asyncio.Future]]:
+        batch: list[tuple[T, asyncio.Future]] = []
+        total = 0
+        while self._queued and len(batch) < self._max_items:
+            if self._size is not None and self._max_size is not None:
+                size = self._size(self._queued[0][0])
+                if batch and total + size > self._max_size:
+                    break
+                total += size
+            batch.append(self._queued.popleft())
+        return batch
 
     async def aclose(self) -> None:
         if self._drainer is not None and not self._drainer.done():

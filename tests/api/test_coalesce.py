@@ -69,3 +69,16 @@ async def test_a_failed_flush_reaches_every_caller_in_it_and_the_queue_goes_on()
         await first
     assert await asyncio.gather(*queued) == [2, 3]  # handed on, not stranded
     assert calls == [[1], [2, 3]]
+
+
+async def test_max_size_splits_batches_and_an_oversized_item_goes_alone():
+    gate = asyncio.Event()
+    rec = Recorder(gate)
+    co = Coalescer(rec.flush, max_items=10, size=lambda item: item, max_size=10)
+    first = asyncio.create_task(co.submit(0))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(co.submit(i)) for i in (4, 6, 2, 20, 8)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(first, *later, return_exceptions=True)
+    assert rec.batches == [[0], [4, 6], [2], [20], [8]]  # 4+6 fits 10; 2+20 would not; 20 alone
