@@ -419,8 +419,11 @@ class Queue:
             self._finish_params(task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None)
             for task_id, lease_id, output in items
         ]
-        async with self.db.transaction() as tx:
-            rows = [await self._finish_on(tx, params) for params in all_params]
+        if self._sqlite:
+            async with self.db.transaction() as tx:
+                rows = [await self._finish_on(tx, params) for params in all_params]
+        else:  # one statement for the lot: one round trip, not one per item
+            rows = await self._complete_all_postgres(all_params)
         results: list[Row | Exception] = []
         for params, row in zip(all_params, rows):
             if row is None:
@@ -432,6 +435,15 @@ class Queue:
             self._after_finish(row, params)
             results.append(row)
         return results
+
+    async def _complete_all_postgres(self, all_params: list[dict[str, Any]]) -> list[Row | None]:
+        if not all_params:
+            return []
+        columns = {f"{name}_list": [p[name] for p in all_params] for name in ("id", "lease_id", "output")}
+        found = await self.db.fetch(sql.COMPLETE_MANY_POSTGRES, {**columns, "now": all_params[0]["now"]})
+        by_lease = {row.pop("fenced_lease_id"): row for row in found}
+        # A lease listed twice ends once: its first item gets the row, a repeat is fenced.
+        return [by_lease.pop(p["lease_id"], None) for p in all_params]
 
     async def complete(self, task_id: str, lease_id: str, output: Any) -> Row:
         return await self._finish(task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None)

@@ -42,6 +42,8 @@ PG_TYPES = {
     "max_attempts_list": "int[]", "timeout_s_list": "float8[]", "webhook_url_list": "text[]",
     "metadata_list": "text[]", "idempotency_key_list": "text[]", "request_hash_list": "text[]",
     "notify_done_list": "int[]",
+    # COMPLETE_MANY_POSTGRES's items
+    "lease_id_list": "text[]", "output_list": "text[]",
 }
 
 
@@ -240,6 +242,31 @@ WITH done AS (
     WHERE webhook_url IS NOT NULL AND status IN {TERMINAL}
 )
 SELECT {TASK_COLUMNS} FROM done
+"""
+
+# Postgres: many completions in one statement, each item under the same fence as FENCE (its
+# own id, lease and unexpired deadlines). An item whose fence fails matches no row and is
+# missing from RETURNING; ``fenced_lease_id`` names the lease each returned row ended.
+COMPLETE_MANY_POSTGRES = f"""
+WITH items AS (
+    SELECT * FROM unnest(:id_list, :lease_id_list, :output_list) AS i(id, lease_id, output)
+), done AS (
+    UPDATE tasks t SET
+        attempts = t.attempts + 1, status = 'COMPLETED', output = i.output, error = NULL,
+        not_before = :now, lease_id = NULL, lease_expires_at = NULL, deadline_at = NULL,
+        updated_at = :now, progress = '{{"percent": 100, "message": "done"}}', finished_at = :now
+    FROM items i
+    WHERE t.id = i.id AND t.lease_id = i.lease_id AND t.status = 'PROCESSING'
+      AND t.lease_expires_at > :now AND t.deadline_at > :now
+    RETURNING t.*, i.lease_id AS fenced_lease_id
+), ended AS (
+    UPDATE attempts a SET ended_at = :now, outcome = 'completed', error = NULL
+    FROM done WHERE a.lease_id = done.fenced_lease_id
+), hook AS (
+    INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
+    SELECT id, webhook_url, :now, :now FROM done WHERE webhook_url IS NOT NULL
+)
+SELECT {TASK_COLUMNS}, fenced_lease_id FROM done
 """
 
 # -- expiry -------------------------------------------------------------------------------

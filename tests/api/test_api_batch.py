@@ -55,3 +55,13 @@ async def test_batch_create_with_a_conflicting_key_creates_nothing(producer, con
         ])
     assert err.value.code == "idempotency_conflict"
     assert await consumer.fetch(["echo"], wait_s=0) == []  # the first item was rolled back too
+
+
+async def test_complete_many_with_a_lease_listed_twice_ends_it_once(producer, consumer):
+    await producer.submit("echo", {"data": 1})
+    [t] = await consumer.fetch(["echo"], wait_s=0)
+    first, again = await consumer.complete_many([(t["task_id"], t["lease"]["id"], {"n": 1}), (t["task_id"], t["lease"]["id"], {"n": 2})])
+    assert first["status"] == "COMPLETED" and again["error"]["code"] == "lease_lost"
+    done = await producer.get(t["task_id"])
+    assert done["output"] == {"n": 1} and done["attempts"] == 1
+    assert [h["outcome"] for h in done["history"]] == ["completed"]

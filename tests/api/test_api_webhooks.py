@@ -88,6 +88,20 @@ async def test_signed_webhook_on_completion_with_retries(api, producer, consumer
         assert payload["task_id"] == task["task_id"] and payload["status"] == "COMPLETED"
 
 
+async def test_webhook_for_tasks_completed_in_a_batch(api, producer, consumer):
+    """The consumer runtime completes through the batch route: its completions send webhooks
+    too, once per task that has one."""
+    with Receiver() as receiver:
+        hooked = await producer.submit("echo", {"data": "hooked"}, webhook_url=receiver.url)
+        await producer.submit("echo", {"data": "plain"})
+        leased = await consumer.fetch(["echo"], limit=2, wait_s=1)
+        results = await consumer.complete_many([(t["task_id"], t["lease"]["id"], t["input"]) for t in leased])
+        assert [r["status"] for r in results] == ["COMPLETED", "COMPLETED"]
+        await wait_for(lambda: len(receiver.received) >= 1)
+        await asyncio.sleep(0.5)
+        assert [json.loads(r[1])["task_id"] for r in receiver.received] == [hooked["task_id"]]
+
+
 async def test_webhook_gives_up_after_three_retries(api, producer, consumer):
     with Receiver(fail_first=100) as receiver:
         await producer.submit("echo", {}, webhook_url=receiver.url)
