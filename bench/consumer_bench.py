@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from taskfleet.client import ProducerClient
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 FAKE = ROOT / "tests" / "consumer" / "fake_model_server.py"
@@ -179,14 +181,12 @@ async def bench_throughput(fleet: Fleet, workflow: str, n: int, producers: int =
         for p in consumers:
             p.send_signal(signal.SIGSTOP)
     body = {"text": "x", "store": False} if workflow == "fake_model" else {"data": "x"}
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=producers)) as http:
+    async with httpx.AsyncClient(timeout=60) as http, ProducerClient(fleet.api_url, timeout=60) as producer:
         ids: list[str] = []
 
-        async def produce(count: int) -> None:
+        async def produce(count: int) -> None:  # the project's own client, as a producer app would
             for _ in range(count):
-                r = await http.post(fleet.api_url + "/api/tasks", json={"workflow": workflow, "input": body})
-                r.raise_for_status()
-                ids.append(r.json()["task_id"])
+                ids.append((await producer.submit(workflow, body))["task_id"])
 
         await asyncio.gather(*(produce(n // producers) for _ in range(producers)))
         resumed = time.time()
