@@ -155,8 +155,7 @@ class Queue:
         """The coalescer's flush: independent creates, so one item's idempotency conflict is
         its own answer and does not undo the others."""
         if len(params) == 1:
-            # One statement is its own transaction on both backends: no BEGIN/COMMIT round trips.
-            inserted = [await self.db.fetchrow(sql.INSERT_TASK, params[0])]
+            inserted = [await self._insert_one(params[0])]
         elif self._sqlite:
             async with self.db.transaction() as tx:
                 inserted = await self._insert(tx, params)
@@ -170,6 +169,34 @@ class Queue:
                 results.append(exc)
         self._signal_created([r for r in results if not isinstance(r, Exception)])
         return results
+
+    async def _insert_one(self, p: dict[str, Any]) -> Row | None:
+        """A lone create. If a fetch in this process is parked waiting for its workflow, the
+        task is inserted already leased to that fetch's consumer and handed to it: the pickup
+        then costs one statement, not an insert and a claim. A parked fetch means nothing was
+        claimable for it when it last looked, so no older task is passed over."""
+        waiter = self.dispatcher.take(p["workflow"])
+        if waiter is None:
+            # One statement is its own transaction on both backends: no BEGIN/COMMIT round trips.
+            return await self.db.fetchrow(sql.INSERT_TASK, p)
+        leased = {**p, "lease_id": uuid.uuid4().hex, "consumer_id": waiter.consumer_id, "host": waiter.host,
+                  "lease_s": self.lease_s}  # fmt: skip
+        try:
+            if self._sqlite:
+                async with self.db.transaction() as tx:
+                    row = await tx.fetchrow(sql.INSERT_LEASED_TASK, leased)
+                    if row is not None:
+                        await tx.execute(sql.INSERT_ATTEMPT_SQLITE, {**leased, "task_id": p["id"]})
+            else:
+                row = await self.db.fetchrow(sql.INSERT_LEASED_TASK_POSTGRES, leased)
+        except BaseException:
+            waiter.wake()  # it claims for itself instead
+            raise
+        if row is None:  # the idempotency key was taken: nothing new to hand over
+            waiter.wake()
+        else:
+            waiter.hand(row)
+        return row
 
     @staticmethod
     def _insert_params(spec: dict[str, Any], now: float) -> dict[str, Any]:
@@ -217,7 +244,7 @@ class Queue:
     def _signal_created(self, results: list[tuple[Row, bool]]) -> None:
         fresh: dict[str, int] = {}
         for row, created in results:
-            if created:
+            if created and row["status"] == "PENDING":  # not one handed to a parked fetch
                 fresh[row["workflow"]] = fresh.get(row["workflow"], 0) + 1
         for workflow, count in fresh.items():
             self._signal_pending(workflow, count)
@@ -306,11 +333,12 @@ class Queue:
         wait_s: float,
         gone: Callable[[], bool] | None = None,
     ) -> list[Row]:
-        """Claim up to ``limit`` tasks, waiting up to ``wait_s`` for some to appear."""
+        """Claim up to ``limit`` tasks, waiting up to ``wait_s`` for some to appear. While it
+        waits, a create in this process may lease its new task to it directly (see create)."""
         names = frozenset(workflows or ()) or None
         deadline = time.monotonic() + wait_s
         while True:
-            waiter = self.dispatcher.register(names)
+            waiter = self.dispatcher.register(names, consumer_id, host, gone)
             try:
                 rows = await self.claim(names, consumer_id=consumer_id, host=host, limit=limit)
                 if rows:
@@ -321,11 +349,15 @@ class Queue:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
+                waiter.parked = True
                 try:
                     async with asyncio.timeout(remaining):
                         await waiter.woken
                 except TimeoutError:
-                    return []
+                    # A hand-off can land in the same loop step as the deadline: keep it.
+                    return [waiter.handed] if waiter.handed is not None else []
+                if waiter.handed is not None:
+                    return [waiter.handed]
                 if gone is not None and gone():
                     # The consumer hung up: claim nothing for it, and hand the wake to another.
                     self.dispatcher.pending(None)

@@ -33,7 +33,7 @@ _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 # (``$1 + $2``, ``$1 IS NULL``) get explicit types.
 PG_TYPES = {
     "now": "float8", "lease_s": "float8", "not_before": "float8", "cutoff": "float8",
-    "inflight_s": "float8", "next_at": "float8", "limit": "int", "cursor": "bigint",
+    "inflight_s": "float8", "next_at": "float8", "timeout_s": "float8", "limit": "int", "cursor": "bigint",
     "retryable": "boolean", "any_workflow": "boolean", "give_up": "boolean",
     "workflows": "text[]", "status": "text", "workflow": "text", "outcome": "text",
     "output": "text", "error": "text", "progress": "text",
@@ -73,6 +73,29 @@ VALUES (:id, :workflow, 'PENDING', :input, :priority, :max_attempts, :timeout_s,
         :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {TASK_COLUMNS}
+"""
+
+# A lone create handed straight to a parked fetch (queue.Queue._insert_one): the task goes in
+# already leased to that fetch's consumer, as a claim would have left it. On SQLite the
+# attempt row follows in the same transaction (INSERT_ATTEMPT_SQLITE); on Postgres a CTE adds it.
+_INSERT_LEASED = """
+INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
+                   metadata, idempotency_key, request_hash, notify_done, not_before,
+                   created_at, updated_at, lease_id, consumer_id, lease_expires_at, deadline_at,
+                   started_at)
+VALUES (:id, :workflow, 'PROCESSING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
+        :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now,
+        :lease_id, :consumer_id, :now + :lease_s, :now + :timeout_s, :now)
+ON CONFLICT (idempotency_key) DO NOTHING
+"""
+INSERT_LEASED_TASK = f"{_INSERT_LEASED} RETURNING {TASK_COLUMNS}"
+INSERT_LEASED_TASK_POSTGRES = f"""
+WITH task AS ({_INSERT_LEASED} RETURNING *
+), history AS (
+    INSERT INTO attempts (lease_id, task_id, consumer_id, host, started_at)
+    SELECT lease_id, id, consumer_id, :host, :now FROM task
+)
+SELECT {TASK_COLUMNS} FROM task
 """
 
 # Postgres: many tasks in one statement, one round trip and one commit (the batch route, and

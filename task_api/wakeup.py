@@ -3,7 +3,9 @@
 Waiting fetches park here instead of polling the database. A new claimable task wakes one
 waiter that serves its workflow (not all of them: a burst of 500 idle consumers must not all
 race for one task); a waiter that then fills its whole ``limit`` passes the wake on, since more
-work may be waiting. ``/process`` callers wait here for their task to finish.
+work may be waiting. A lone create in this process can instead take a parked waiter out of
+line and hand it the new task, already leased (``Dispatcher.take``, ``Queue.create``).
+``/process`` callers wait here for their task to finish.
 
 Signals come from the queue itself for changes this process made (both backends), and from
 Postgres LISTEN/NOTIFY for other replicas' changes, so a create on one replica wakes a fetch
@@ -14,17 +16,41 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Any, Callable
 
 
 class Waiter:
-    """A parked fetch. A bare future, not an ``asyncio.Event`` under ``wait_for``: its waker
-    resumes the fetch in one loop step instead of three."""
+    """A fetch waiting for work. A bare future, not an ``asyncio.Event`` under ``wait_for``:
+    its waker resumes the fetch in one loop step instead of three. The future's result is None
+    for a wake (go and claim), or a task row already leased to this fetch's consumer (a hand-off
+    from a create)."""
 
-    __slots__ = ("workflows", "woken")
+    __slots__ = ("workflows", "woken", "consumer_id", "host", "gone", "parked")
 
-    def __init__(self, workflows: frozenset[str] | None) -> None:
+    def __init__(
+        self,
+        workflows: frozenset[str] | None,
+        consumer_id: str | None = None,
+        host: str | None = None,
+        gone: Callable[[], bool] | None = None,
+    ) -> None:
         self.workflows = workflows  # None: any workflow
-        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.woken: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.consumer_id = consumer_id
+        self.host = host
+        self.gone = gone
+        self.parked = False  # waiting on ``woken`` now, not in the middle of a claim
+
+    def hand(self, row: Any) -> None:
+        if not self.woken.done():
+            self.woken.set_result(row)
+
+    @property
+    def handed(self) -> Any:
+        """The row handed to this fetch, if one was."""
+        if self.woken.done() and not self.woken.cancelled():
+            return self.woken.result()
+        return None
 
     def serves(self, workflow: str | None) -> bool:
         return workflow is None or self.workflows is None or workflow in self.workflows
@@ -44,11 +70,29 @@ class Dispatcher:
         self._done: dict[str, list[asyncio.Event]] = {}
 
     # -- fetch side -----------------------------------------------------------------------
-    def register(self, workflows: frozenset[str] | None) -> Waiter:
+    def register(
+        self,
+        workflows: frozenset[str] | None,
+        consumer_id: str | None = None,
+        host: str | None = None,
+        gone: Callable[[], bool] | None = None,
+    ) -> Waiter:
         """Register *before* looking for work, so a signal that lands mid-claim is not lost."""
-        waiter = Waiter(workflows)
+        waiter = Waiter(workflows, consumer_id, host, gone)
         self._waiters.append(waiter)
         return waiter
+
+    def take(self, workflow: str) -> Waiter | None:
+        """A parked fetch that serves ``workflow`` and whose consumer is still there, taken out
+        of line so a new task can be leased to it directly."""
+        for waiter in self._waiters:
+            if (
+                waiter.parked and waiter.consumer_id is not None and not waiter.is_woken
+                and waiter.serves(workflow) and not (waiter.gone is not None and waiter.gone())
+            ):  # fmt: skip
+                self._waiters.remove(waiter)
+                return waiter
+        return None
 
     def unregister(self, waiter: Waiter) -> None:
         try:

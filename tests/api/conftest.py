@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from support import api_process, postgres_database
+from task_api.db import PostgresDB, SqliteDB
 from taskfleet.client import ConsumerClient, ProducerClient
 
 
@@ -40,3 +41,19 @@ async def producer(api):
 async def consumer(api):
     async with ConsumerClient(api.url, consumer_id="test-consumer", host="test-host") as client:
         yield client
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def queue_db(request, tmp_path):
+    """A connected database of either backend, for tests that drive the queue in-process."""
+    if request.param == "sqlite":
+        database = SqliteDB(f"sqlite:///{tmp_path / 'tasks.db'}")
+        await database.connect()
+        yield database
+        await database.close()
+        return
+    with postgres_database() as url:
+        database = PostgresDB(url)
+        await database.connect()
+        yield database
+        await database.close()

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from support import postgres_database
-from task_api.db import PostgresDB, SqliteDB
 from task_api.queue import Queue
 from task_api.wakeup import Dispatcher
 from taskfleet.errors import Conflict
@@ -18,21 +14,6 @@ def spec(data, key=None):
     return {"workflow": "echo", "input": {"data": data}, "priority": 0, "max_attempts": 3, "timeout_s": 60,
             "webhook_url": None, "metadata": {}, "idempotency_key": key,
             "body_hash": f"hash-{data}" if key else None}  # fmt: skip
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def db(request, tmp_path):
-    if request.param == "sqlite":
-        database = SqliteDB(f"sqlite:///{tmp_path / 'tasks.db'}")
-        await database.connect()
-        yield database
-        await database.close()
-        return
-    with postgres_database() as url:
-        database = PostgresDB(url)
-        await database.connect()
-        yield database
-        await database.close()
 
 
 def count_inserts(db) -> list[int]:
@@ -51,7 +32,8 @@ def count_inserts(db) -> list[int]:
     return seen
 
 
-async def test_concurrent_creates_share_writes_and_keep_their_own_answers(db):
+async def test_concurrent_creates_share_writes_and_keep_their_own_answers(queue_db):
+    db = queue_db
     queue = Queue(db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
     inserts = count_inserts(db)
     calls = [queue.create(**spec(i)) for i in range(40)]

@@ -1,0 +1,70 @@
+"""A lone create while a fetch is parked goes straight to that fetch: inserted already leased to
+its consumer, one statement instead of an insert and a claim, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+
+from task_api.queue import Queue
+from task_api.wakeup import Dispatcher
+from test_api_group_commit import spec
+
+
+def record_statements(db) -> list[str]:
+    seen: list[str] = []
+    # PostgresDB.fetchrow goes through its fetch; SqliteDB's are separate.
+    names = ("fetch", "execute") if db.dialect == "postgres" else ("fetch", "fetchrow", "execute", "executemany")
+    for name in names:
+        original = getattr(db, name)
+
+        async def recorded(query, params=None, _original=original):
+            seen.append(" ".join(query.split())[:60])
+            return await _original(query, params)
+
+        setattr(db, name, recorded)
+    return seen
+
+
+async def parked_fetch(queue: Queue, consumer_id: str) -> asyncio.Task:
+    fetch = asyncio.create_task(queue.fetch(["echo"], consumer_id=consumer_id, host="h1", limit=5, wait_s=10))
+    for _ in range(100):  # until it has looked, found nothing and parked
+        await asyncio.sleep(0.01)
+        if any(w.parked for w in queue.dispatcher._waiters):
+            return fetch
+    raise AssertionError("the fetch never parked")
+
+
+async def test_a_create_is_handed_to_the_parked_fetch(queue_db):
+    queue = Queue(queue_db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
+    fetch = await parked_fetch(queue, "waiting")
+    statements = record_statements(queue_db)
+    row, created = await queue.create(**spec("handed"))
+    [got] = await asyncio.wait_for(fetch, 5)
+
+    assert created and got["id"] == row["id"] and got["status"] == "PROCESSING"
+    assert got["consumer_id"] == "waiting" and got["lease_id"] and got["lease_expires_at"] > got["created_at"]
+    # One write for the create and the lease together; no claim after it.
+    assert len(statements) <= 2 and not any("UPDATE tasks" in s or "WITH picked" in s for s in statements)
+    [attempt] = await queue.history(row["id"])
+    assert attempt["consumer_id"] == "waiting" and attempt["host"] == "h1" and attempt["outcome"] is None
+    done = await queue.complete(row["id"], got["lease_id"], {"ok": True})  # the lease is a real one
+    assert done["status"] == "COMPLETED" and done["attempts"] == 1
+    await queue.aclose()
+
+
+async def test_a_repeated_idempotency_key_hands_nothing_and_the_fetch_keeps_waiting(queue_db):
+    queue = Queue(queue_db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
+    first, _ = await queue.create(**spec("once", key="k"))
+    [leased] = await queue.fetch(["echo"], consumer_id="a", host=None, limit=1, wait_s=0)
+    assert leased["id"] == first["id"]
+
+    fetch = await parked_fetch(queue, "b")
+    again, created = await queue.create(**spec("once", key="k"))
+    assert again["id"] == first["id"] and not created
+    await asyncio.sleep(0.1)
+    assert not fetch.done()  # woken, found nothing to claim, parked again
+
+    fresh, _ = await queue.create(**spec("fresh"))
+    [got] = await asyncio.wait_for(fetch, 5)
+    assert got["id"] == fresh["id"] and got["consumer_id"] == "b"
+    await queue.aclose()
