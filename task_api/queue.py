@@ -349,7 +349,7 @@ class Queue:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
-                waiter.parked = True
+                waiter.park()
                 try:
                     async with asyncio.timeout(remaining):
                         await waiter.woken

@@ -19,13 +19,16 @@ from collections import deque
 from typing import Any, Callable
 
 
+HANDOFF_AFTER_S = 0.002
+
+
 class Waiter:
     """A fetch waiting for work. A bare future, not an ``asyncio.Event`` under ``wait_for``:
     its waker resumes the fetch in one loop step instead of three. The future's result is None
     for a wake (go and claim), or a task row already leased to this fetch's consumer (a hand-off
     from a create)."""
 
-    __slots__ = ("workflows", "woken", "consumer_id", "host", "gone", "parked")
+    __slots__ = ("workflows", "woken", "consumer_id", "host", "gone", "parked_at")
 
     def __init__(
         self,
@@ -39,7 +42,10 @@ class Waiter:
         self.consumer_id = consumer_id
         self.host = host
         self.gone = gone
-        self.parked = False  # waiting on ``woken`` now, not in the middle of a claim
+        self.parked_at: float | None = None  # loop time it began waiting on ``woken``; None mid-claim
+
+    def park(self) -> None:
+        self.parked_at = asyncio.get_running_loop().time()
 
     def hand(self, row: Any) -> None:
         if not self.woken.done():
@@ -83,11 +89,18 @@ class Dispatcher:
         return waiter
 
     def take(self, workflow: str) -> Waiter | None:
-        """A parked fetch that serves ``workflow`` and whose consumer is still there, taken out
-        of line so a new task can be leased to it directly."""
+        """A fetch parked for a while that serves ``workflow`` and whose consumer is still
+        there, taken out of line so a new task can be leased to it directly.
+
+        Only one parked for HANDOFF_AFTER_S: on a quiet queue the hand-off saves the pickup a
+        claim, but in a busy stretch a fetch parks for a moment between tasks, and the claim
+        its wake-up makes takes every task created meanwhile at once (a hand-off gives one;
+        measured: about 10% more API CPU per task on Postgres under load)."""
+        ready_before = asyncio.get_running_loop().time() - HANDOFF_AFTER_S
         for waiter in self._waiters:
             if (
-                waiter.parked and waiter.consumer_id is not None and not waiter.is_woken
+                waiter.parked_at is not None and waiter.parked_at <= ready_before
+                and waiter.consumer_id is not None and not waiter.is_woken
                 and waiter.serves(workflow) and not (waiter.gone is not None and waiter.gone())
             ):  # fmt: skip
                 self._waiters.remove(waiter)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from task_api.queue import Queue
-from task_api.wakeup import Dispatcher
+from task_api import wakeup
+from task_api.wakeup import HANDOFF_AFTER_S, Dispatcher
 from test_api_group_commit import spec
 
 
@@ -29,7 +30,8 @@ async def parked_fetch(queue: Queue, consumer_id: str) -> asyncio.Task:
     fetch = asyncio.create_task(queue.fetch(["echo"], consumer_id=consumer_id, host="h1", limit=5, wait_s=10))
     for _ in range(100):  # until it has looked, found nothing and parked
         await asyncio.sleep(0.01)
-        if any(w.parked for w in queue.dispatcher._waiters):
+        if any(w.parked_at is not None for w in queue.dispatcher._waiters):
+            await asyncio.sleep(2 * HANDOFF_AFTER_S)  # parked long enough to be handed a task
             return fetch
     raise AssertionError("the fetch never parked")
 
@@ -49,6 +51,21 @@ async def test_a_create_is_handed_to_the_parked_fetch(queue_db):
     assert attempt["consumer_id"] == "waiting" and attempt["host"] == "h1" and attempt["outcome"] is None
     done = await queue.complete(row["id"], got["lease_id"], {"ok": True})  # the lease is a real one
     assert done["status"] == "COMPLETED" and done["attempts"] == 1
+    await queue.aclose()
+
+
+async def test_a_fetch_that_only_just_parked_is_woken_to_claim_instead(queue_db, monkeypatch):
+    """In a busy stretch the woken fetch's claim takes everything created meanwhile at once."""
+    monkeypatch.setattr(wakeup, "HANDOFF_AFTER_S", 60.0)  # "just parked", however slow the machine
+    queue = Queue(queue_db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
+    fetch = asyncio.create_task(queue.fetch(["echo"], consumer_id="busy", host=None, limit=5, wait_s=10))
+    while not any(w.parked_at is not None for w in queue.dispatcher._waiters):
+        await asyncio.sleep(0)
+    statements = record_statements(queue_db)
+    row, _ = await queue.create(**spec("claimed"))
+    [got] = await asyncio.wait_for(fetch, 5)
+    assert got["id"] == row["id"] and got["consumer_id"] == "busy"
+    assert any("WITH picked" in s or s.startswith("UPDATE tasks SET status = 'PROCESSING'") for s in statements)
     await queue.aclose()
 
 
