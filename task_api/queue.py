@@ -154,8 +154,10 @@ class Queue:
     async def _create_together(self, params: list[dict[str, Any]]) -> list[tuple[Row, bool] | Exception]:
         """The coalescer's flush: independent creates, so one item's idempotency conflict is
         its own answer and does not undo the others."""
+        handed = False
         if len(params) == 1:
-            inserted = [await self._insert_one(params[0])]
+            row, handed = await self._insert_one(params[0])
+            inserted = [row]
         elif self._sqlite:
             async with self.db.transaction() as tx:
                 inserted = await self._insert(tx, params)
@@ -167,18 +169,21 @@ class Queue:
                 results.append(await self._existing_or_new(self.db, p, row))
             except Conflict as exc:
                 results.append(exc)
-        self._signal_created([r for r in results if not isinstance(r, Exception)])
+        if not handed:  # a handed task is already leased: nobody else needs waking for it
+            self._signal_created([r for r in results if not isinstance(r, Exception)])
         return results
 
-    async def _insert_one(self, p: dict[str, Any]) -> Row | None:
+    async def _insert_one(self, p: dict[str, Any]) -> tuple[Row | None, bool]:
         """A lone create. If a fetch in this process is parked waiting for its workflow, the
         task is inserted already leased to that fetch's consumer and handed to it: the pickup
         then costs one statement, not an insert and a claim. A parked fetch means nothing was
-        claimable for it when it last looked, so no older task is passed over."""
+        claimable for it when it last looked, so no older task is passed over.
+
+        Returns the row for the create's answer, and whether it was handed over."""
         waiter = self.dispatcher.take(p["workflow"])
         if waiter is None:
             # One statement is its own transaction on both backends: no BEGIN/COMMIT round trips.
-            return await self.db.fetchrow(sql.INSERT_TASK, p)
+            return await self.db.fetchrow(sql.INSERT_TASK, p), False
         leased = {**p, "lease_id": uuid.uuid4().hex, "consumer_id": waiter.consumer_id, "host": waiter.host,
                   "lease_s": self.lease_s}  # fmt: skip
         try:
@@ -194,9 +199,14 @@ class Queue:
             raise
         if row is None:  # the idempotency key was taken: nothing new to hand over
             waiter.wake()
-        else:
-            waiter.hand(row)
-        return row
+            return None, False
+        waiter.hand(row)
+        # The producer's answer shows the task as it was accepted, PENDING, as every create
+        # answers (the contract's create shape); a read a moment later shows it PROCESSING, as
+        # it would after any fast claim.
+        accepted = {**row, "status": "PENDING", "consumer_id": None, "lease_id": None,
+                    "lease_expires_at": None, "started_at": None}  # fmt: skip
+        return accepted, True
 
     @staticmethod
     def _insert_params(spec: dict[str, Any], now: float) -> dict[str, Any]:
@@ -244,7 +254,7 @@ class Queue:
     def _signal_created(self, results: list[tuple[Row, bool]]) -> None:
         fresh: dict[str, int] = {}
         for row, created in results:
-            if created and row["status"] == "PENDING":  # not one handed to a parked fetch
+            if created:
                 fresh[row["workflow"]] = fresh.get(row["workflow"], 0) + 1
         for workflow, count in fresh.items():
             self._signal_pending(workflow, count)

@@ -44,6 +44,7 @@ async def test_a_create_is_handed_to_the_parked_fetch(queue_db):
     [got] = await asyncio.wait_for(fetch, 5)
 
     assert created and got["id"] == row["id"] and got["status"] == "PROCESSING"
+    assert row["status"] == "PENDING" and row["lease_id"] is None  # the create's answer: as accepted
     assert got["consumer_id"] == "waiting" and got["lease_id"] and got["lease_expires_at"] > got["created_at"]
     # One write for the create and the lease together; no claim after it.
     assert len(statements) <= 2 and not any("UPDATE tasks" in s or "WITH picked" in s for s in statements)
@@ -85,3 +86,13 @@ async def test_a_repeated_idempotency_key_hands_nothing_and_the_fetch_keeps_wait
     [got] = await asyncio.wait_for(fetch, 5)
     assert got["id"] == fresh["id"] and got["consumer_id"] == "b"
     await queue.aclose()
+
+
+async def test_over_http_the_create_answers_pending_and_the_parked_consumer_has_it(api, producer, consumer):
+    waiting = asyncio.create_task(consumer.fetch(["echo"], wait_s=10))
+    await asyncio.sleep(0.3)  # parked well past HANDOFF_AFTER_S
+    created = await producer.submit("echo", {"data": "now"})
+    assert created["status"] == "PENDING" and created["consumer_id"] is None  # the contract's create shape
+    [got] = await asyncio.wait_for(waiting, 5)
+    assert got["task_id"] == created["task_id"] and got["lease"]["id"]
+    assert (await producer.get(created["task_id"]))["status"] == "PROCESSING"
