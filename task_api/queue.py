@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 from task_api import sql
 from task_api.db import PostgresDB, Row, SqliteDB
-from task_api.wakeup import Dispatcher
+from task_api.wakeup import Dispatcher, Waiter
 from taskfleet.coalesce import Coalescer
 from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound
 
@@ -348,7 +348,7 @@ class Queue:
         names = frozenset(workflows or ()) or None
         deadline = time.monotonic() + wait_s
         while True:
-            waiter = self.dispatcher.register(names, consumer_id, host, gone)
+            waiter = self.dispatcher.register(Waiter(names, consumer_id, host, gone))
             try:
                 rows = await self.claim(names, consumer_id=consumer_id, host=host, limit=limit)
                 if rows:

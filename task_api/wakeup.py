@@ -33,7 +33,7 @@ class Waiter:
     def __init__(
         self,
         workflows: frozenset[str] | None,
-        consumer_id: str | None = None,
+        consumer_id: str,
         host: str | None = None,
         gone: Callable[[], bool] | None = None,
     ) -> None:
@@ -62,8 +62,7 @@ class Waiter:
         return workflow is None or self.workflows is None or workflow in self.workflows
 
     def wake(self) -> None:
-        if not self.woken.done():
-            self.woken.set_result(None)
+        self.hand(None)
 
     @property
     def is_woken(self) -> bool:
@@ -76,15 +75,8 @@ class Dispatcher:
         self._done: dict[str, list[asyncio.Event]] = {}
 
     # -- fetch side -----------------------------------------------------------------------
-    def register(
-        self,
-        workflows: frozenset[str] | None,
-        consumer_id: str | None = None,
-        host: str | None = None,
-        gone: Callable[[], bool] | None = None,
-    ) -> Waiter:
+    def register(self, waiter: Waiter) -> Waiter:
         """Register *before* looking for work, so a signal that lands mid-claim is not lost."""
-        waiter = Waiter(workflows, consumer_id, host, gone)
         self._waiters.append(waiter)
         return waiter
 
@@ -99,8 +91,7 @@ class Dispatcher:
         ready_before = asyncio.get_running_loop().time() - HANDOFF_AFTER_S
         for waiter in self._waiters:
             if (
-                waiter.parked_at is not None and waiter.parked_at <= ready_before
-                and waiter.consumer_id is not None and not waiter.is_woken
+                waiter.parked_at is not None and waiter.parked_at <= ready_before and not waiter.is_woken
                 and waiter.serves(workflow) and not (waiter.gone is not None and waiter.gone())
             ):  # fmt: skip
                 self._waiters.remove(waiter)
@@ -112,13 +103,6 @@ class Dispatcher:
             self._waiters.remove(waiter)
         except ValueError:
             pass
-
-    def rearm(self, waiter: Waiter) -> None:
-        """Back in line after a wake that found nothing (another replica was faster)."""
-        if waiter.woken.done():
-            waiter.woken = asyncio.get_running_loop().create_future()
-        if waiter not in self._waiters:
-            self._waiters.append(waiter)
 
     @property
     def waiting(self) -> int:
