@@ -201,6 +201,12 @@ class Queue:
             waiter.wake()
             return None, False
         waiter.hand(row)
+        if not self._sqlite:
+            # The insert committed without waiting for its WAL flush, so the consumer has the
+            # task now; the producer hears of it once it is flushed (the fetch's answer is
+            # written meanwhile). Should Postgres crash first, the create fails (nothing
+            # accepted is lost) and the consumer's lease on the vanished task is fenced.
+            await self.db.execute(sql.FLUSH_WAL_POSTGRES)
         # The producer's answer shows the task as it was accepted, PENDING, as every create
         # answers (the contract's create shape); a read a moment later shows it PROCESSING, as
         # it would after any fast claim.

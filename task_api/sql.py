@@ -90,13 +90,24 @@ ON CONFLICT (idempotency_key) DO NOTHING
 """
 INSERT_LEASED_TASK = f"{_INSERT_LEASED} RETURNING {TASK_COLUMNS}"
 INSERT_LEASED_TASK_POSTGRES = f"""
-WITH task AS ({_INSERT_LEASED} RETURNING *
+WITH no_flush_wait AS (
+    -- Visible to the consumer it is handed to before its WAL flush; the create answers its
+    -- producer only after FLUSH_WAL_POSTGRES, so the accepted task is as durable as ever.
+    SELECT set_config('synchronous_commit', 'off', true) AS setting
+), task AS ({_INSERT_LEASED} RETURNING *
 ), history AS (
     INSERT INTO attempts (lease_id, task_id, consumer_id, host, started_at)
     SELECT lease_id, id, consumer_id, :host, :now FROM task
 )
-SELECT {TASK_COLUMNS} FROM task
+SELECT {TASK_COLUMNS} FROM task, no_flush_wait  -- named here, or Postgres never runs it
 """
+
+# Postgres: a transaction that commits with a WAL flush, and so flushes every commit before it
+# (WAL is one sequence). It must write WAL of its own, or its commit skips the flush (an xid
+# alone is not enough): a transactional logical-decoding message is the smallest such write,
+# open to every role, and read by nobody unless a logical decoding slot asks for the prefix.
+# Makes a hand-off's insert durable before its create answers.
+FLUSH_WAL_POSTGRES = "SELECT pg_logical_emit_message(true, 'taskfleet.flush', '')"
 
 # Postgres: many tasks in one statement, one round trip and one commit (the batch route, and
 # creates that arrive while another is being written). Rows go in the order given, so seq keeps
