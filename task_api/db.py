@@ -3,8 +3,11 @@
 SQLite runs on one connection inside the event loop thread: its statements take tens of
 microseconds in WAL mode, far less than a hop to a worker thread would, and a single writer
 needs no locking of its own. ``synchronous=NORMAL`` in WAL mode keeps every commit across a
-process crash (SIGKILL); only a power cut can lose the last commits. Postgres runs on an
-asyncpg pool, with one extra connection that LISTENs for wake-ups.
+process crash (SIGKILL); only a power cut can lose the last commits. WAL checkpoints (copying
+the log into the database file, with an fsync) run in a worker thread on a connection of their
+own, not inside whichever commit crossed SQLite's threshold: there they stalled the event loop
+for several milliseconds every few hundred commits. Postgres runs on an asyncpg pool, with one
+extra connection that LISTENs for wake-ups.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
 
 class SqliteDB:
     dialect = "sqlite"
+    CHECKPOINT_EVERY_S = 0.25
 
     def __init__(self, url: str) -> None:
         path = url.removeprefix("sqlite://").removeprefix("/") if url != "sqlite://:memory:" else ":memory:"
@@ -45,6 +49,7 @@ class SqliteDB:
             path = "/" + url.removeprefix("sqlite:////")
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        self._checkpoints: asyncio.Task | None = None
 
     async def connect(self) -> None:
         if self.path != ":memory:":
@@ -57,6 +62,25 @@ class SqliteDB:
         conn.execute("PRAGMA busy_timeout=5000")
         self._conn = conn
         self._migrate()
+        if self.path != ":memory:":
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the worker thread checkpoints instead
+            self._checkpoints = asyncio.create_task(self._checkpoint_forever())
+
+    async def _checkpoint_forever(self) -> None:
+        # PASSIVE: copies what it can without waiting for, or blocking, the loop's writes; the
+        # next write after a complete pass starts the log from the top again.
+        checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            while True:
+                await asyncio.sleep(self.CHECKPOINT_EVERY_S)
+                checkpoint = asyncio.ensure_future(asyncio.to_thread(_checkpoint, checkpointer))
+                try:
+                    await asyncio.shield(checkpoint)
+                except asyncio.CancelledError:
+                    await checkpoint  # the thread finishes its pass before its connection closes
+                    raise
+        finally:
+            checkpointer.close()
 
     def _migrate(self) -> None:
         conn = self._conn
@@ -77,8 +101,12 @@ class SqliteDB:
             log.info("sqlite schema migrated to version %s", version)
 
     async def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            await asyncio.gather(self._checkpoints, return_exceptions=True)
+            self._checkpoints = None
         if self._conn is not None:
-            self._conn.close()
+            self._conn.close()  # the last connection to close checkpoints what is left
             self._conn = None
 
     async def fetch(self, query: str, params: dict[str, Any] | None = None) -> list[Row]:
@@ -115,6 +143,13 @@ class SqliteDB:
 
     async def ping(self) -> None:
         self._conn.execute("SELECT 1").fetchone()
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as exc:  # the next pass tries again
+        log.warning("sqlite checkpoint failed: %s", exc)
 
 
 def _split(script: str) -> list[str]:
