@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable
@@ -49,7 +50,8 @@ class SqliteDB:
             path = "/" + url.removeprefix("sqlite:////")
         self.path = path
         self._conn: sqlite3.Connection | None = None
-        self._checkpoints: asyncio.Task | None = None
+        self._checkpoints: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     async def connect(self) -> None:
         if self.path != ":memory:":
@@ -63,22 +65,21 @@ class SqliteDB:
         self._conn = conn
         self._migrate()
         if self.path != ":memory:":
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # the worker thread checkpoints instead
-            self._checkpoints = asyncio.create_task(self._checkpoint_forever())
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it instead
+            self._stop_checkpoints.clear()
+            self._checkpoints = threading.Thread(target=self._checkpoint_until_stopped, name="sqlite-checkpoint", daemon=True)
+            self._checkpoints.start()
 
-    async def _checkpoint_forever(self) -> None:
+    def _checkpoint_until_stopped(self) -> None:
         # PASSIVE: copies what it can without waiting for, or blocking, the loop's writes; the
         # next write after a complete pass starts the log from the top again.
-        checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        checkpointer = sqlite3.connect(self.path, isolation_level=None)
         try:
-            while True:
-                await asyncio.sleep(self.CHECKPOINT_EVERY_S)
-                checkpoint = asyncio.ensure_future(asyncio.to_thread(_checkpoint, checkpointer))
+            while not self._stop_checkpoints.wait(self.CHECKPOINT_EVERY_S):
                 try:
-                    await asyncio.shield(checkpoint)
-                except asyncio.CancelledError:
-                    await checkpoint  # the thread finishes its pass before its connection closes
-                    raise
+                    checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the next pass tries again
+                    log.warning("sqlite checkpoint failed: %s", exc)
         finally:
             checkpointer.close()
 
@@ -102,8 +103,8 @@ class SqliteDB:
 
     async def close(self) -> None:
         if self._checkpoints is not None:
-            self._checkpoints.cancel()
-            await asyncio.gather(self._checkpoints, return_exceptions=True)
+            self._stop_checkpoints.set()
+            await asyncio.to_thread(self._checkpoints.join)  # a pass under way ends first
             self._checkpoints = None
         if self._conn is not None:
             self._conn.close()  # the last connection to close checkpoints what is left
@@ -143,13 +144,6 @@ class SqliteDB:
 
     async def ping(self) -> None:
         self._conn.execute("SELECT 1").fetchone()
-
-
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    try:
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    except sqlite3.Error as exc:  # the next pass tries again
-        log.warning("sqlite checkpoint failed: %s", exc)
 
 
 def _split(script: str) -> list[str]:
