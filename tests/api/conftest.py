@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from support import api_process, postgres_database
@@ -43,17 +45,30 @@ async def consumer(api):
         yield client
 
 
+@contextlib.asynccontextmanager
+async def connected(database: SqliteDB | PostgresDB):
+    await database.connect()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def queue_db(request, tmp_path):
     """A connected database of either backend, for tests that drive the queue in-process."""
     if request.param == "sqlite":
-        database = SqliteDB(f"sqlite:///{tmp_path / 'tasks.db'}")
-        await database.connect()
-        yield database
-        await database.close()
+        async with connected(SqliteDB(f"sqlite:///{tmp_path / 'tasks.db'}")) as database:
+            yield database
         return
     with postgres_database() as url:
-        database = PostgresDB(url)
-        await database.connect()
-        yield database
-        await database.close()
+        async with connected(PostgresDB(url)) as database:
+            yield database
+
+
+@pytest.fixture
+async def postgres_db():
+    """The real Postgres alone, for what only that backend does."""
+    with postgres_database() as url:
+        async with connected(PostgresDB(url)) as database:
+            yield database

@@ -98,15 +98,14 @@ async def test_over_http_the_create_answers_pending_and_the_parked_consumer_has_
     assert (await producer.get(created["task_id"]))["status"] == "PROCESSING"
 
 
-async def test_on_postgres_the_handed_task_is_flushed_before_the_create_answers(queue_db):
+async def test_on_postgres_the_handed_task_is_flushed_before_the_create_answers(postgres_db):
     """The hand-off's insert commits without waiting for its WAL flush, so the consumer has it
-    sooner; the producer's answer still waits until the task is on disk."""
-    if queue_db.dialect != "postgres":
-        return  # SQLite commits in process; its durability is the SIGKILL test's
-    queue = Queue(queue_db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
+    sooner; the producer's answer still waits until the task is on disk. (SQLite commits in
+    process; its durability is the SIGKILL test's.)"""
+    queue = Queue(postgres_db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
     fetch = await parked_fetch(queue, "waiting")
     row, created = await queue.create(**spec("durable"))
-    flushed = await queue_db.fetchrow("SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() AS ok")
+    flushed = await postgres_db.fetchrow("SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() AS ok")
     [got] = await asyncio.wait_for(fetch, 5)
     assert created and got["id"] == row["id"]
     assert flushed["ok"], "the create answered before its task's WAL reached disk"
