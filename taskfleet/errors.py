@@ -34,10 +34,27 @@ class TaskfleetError(Exception):
         self.details = details
 
     def to_body(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details is not None:
-            err["details"] = self.details
-        return {"error": err}
+        return error_body(self.code, self.message, self.details)
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The one error shape every HTTP answer of the system uses: ``{"error": {code, message[, details]}}``."""
+    err: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        err["details"] = details
+    return {"error": err}
+
+
+def parse_error_body(body: bytes | str, status: int, *, fallback_prefix: str = "http") -> tuple[str, str]:
+    """``(code, message)`` from an error answer; one that is not our shape gets ``<prefix>_<status>``."""
+    import json
+
+    try:
+        err = json.loads(body)["error"]
+        return str(err["code"]), str(err.get("message", ""))
+    except (ValueError, KeyError, TypeError):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        return f"{fallback_prefix}_{status}", text[:500]
 
 
 class BadRequest(TaskfleetError):
@@ -76,6 +93,12 @@ class InvalidInput(TaskfleetError):
     code, status = "invalid_input", 422
 
 
+class InputTooLarge(InvalidInput):
+    """An input over a size limit (bytes, pixels, seconds): never retried."""
+
+    code, status = "input_too_large", 413
+
+
 class Unavailable(TaskfleetError):
     """A dependency is down or full; the same call may succeed later."""
 
@@ -90,3 +113,10 @@ class UrlRefused(TaskfleetError):
 
 class ConfigError(TaskfleetError):
     code = "config_error"
+
+
+class EngineUnavailable(Exception):
+    """A model server's engine cannot run here (weights, binary or runtime missing).
+
+    The server starts anyway and reports this reason as unhealthy instead of taking work.
+    """
