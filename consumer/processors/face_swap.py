@@ -1,6 +1,6 @@
 """The ``face_swap`` processor: fetch both inputs, stream them to a face-swap server, store the outputs.
 
-The server answers a streamed ``multipart/mixed`` body (model_servers/face_swap/protocol.py):
+The server answers a streamed ``multipart/mixed`` body (taskfleet/workflows/face_swap_wire.py):
 progress parts become task progress, file parts go straight to the work directory, and each
 output is then uploaded to storage. Nothing is held whole in memory, so a 2 GB video is fine.
 No ONNX or OpenCV is imported here.
@@ -15,7 +15,9 @@ from typing import Any
 
 from consumer.context import TaskContext
 from consumer.errors import ModelServerError
-from model_servers.face_swap.protocol import (
+from taskfleet.errors import TaskfleetError
+from taskfleet.workflows.face_swap import FaceSwapInput, FaceSwapResponse
+from taskfleet.workflows.face_swap_wire import (
     FileSink,
     MemorySink,
     MultipartReader,
@@ -24,8 +26,6 @@ from model_servers.face_swap.protocol import (
     SwapResult,
     safe_filename,
 )
-from taskfleet.errors import TaskfleetError
-from taskfleet.workflows.face_swap import FaceSwapInput, FaceSwapResponse
 
 # Share of the task's progress bar: fetching inputs, the server's work, uploading outputs.
 FETCHED, SERVER_SPAN, UPLOADING = 5.0, 85.0, 92.0

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from consumer.context import TaskContext
-from model_servers.tts.wire import read_tts_response
 from taskfleet.workflows.tts import TtsInput, TtsOutput
+from taskfleet.workflows.tts_wire import read_tts_response
 
 SRT_CONTENT_TYPE = "application/x-subrip"
 

@@ -24,7 +24,11 @@ from model_servers.face_swap.engine import Engine, EngineUnavailable, build_engi
 from model_servers.face_swap.errors import InputTooLarge
 from model_servers.face_swap.media import Tools, find_tools
 from model_servers.face_swap.pipeline import Job, JobResult
-from model_servers.face_swap.protocol import (
+from model_servers.face_swap.settings import FaceSwapSettings
+from taskfleet.errors import BadRequest, InvalidInput, TaskfleetError
+from taskfleet.scratch import Scratch
+from taskfleet.workflows.face_swap import FaceSwapOptions
+from taskfleet.workflows.face_swap_wire import (
     FileSink,
     MemorySink,
     MultipartReader,
@@ -36,10 +40,6 @@ from model_servers.face_swap.protocol import (
     new_boundary,
     part_head,
 )
-from model_servers.face_swap.settings import FaceSwapSettings
-from taskfleet.errors import BadRequest, InvalidInput, TaskfleetError
-from taskfleet.scratch import Scratch
-from taskfleet.workflows.face_swap import FaceSwapOptions
 
 log = logging.getLogger("model_servers.face_swap")
 

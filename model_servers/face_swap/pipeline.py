@@ -41,9 +41,9 @@ from model_servers.face_swap.media import (
     read_image,
     write_image,
 )
-from model_servers.face_swap.protocol import OutputFile
 from model_servers.face_swap.settings import FaceSwapSettings
 from taskfleet.workflows.face_swap import IMAGE_FORMATS, FaceSwapOptions
+from taskfleet.workflows.face_swap_wire import OutputFile
 
 Report = Callable[[float, str], None]
 

@@ -20,10 +20,11 @@ The response is ``multipart/form-data`` with two parts, in order:
   tile the audio from 0 to ``duration_s``);
 - ``audio`` (``audio/wav`` 16-bit mono, or ``audio/mpeg``), streamed from disk.
 
-The app is ``model_servers.tts.app.create_app(settings)``. This package imports nothing heavy, so
-the consumer can use ``model_servers.tts.wire.read_tts_response``, which parses the response as it
-streams (the audio part straight to a file). A caller that wants only the sound sends ``Accept: audio/wav`` (or any ``audio/*``) and
-gets the audio alone, with ``X-Duration-S`` and ``X-Sample-Rate`` headers.
+The app is ``model_servers.tts.app.create_app(settings)``. The wire format is
+``taskfleet.workflows.tts_wire``, shared with the consumer, whose ``read_tts_response`` parses the
+response as it streams (the audio part straight to a file). A caller that wants only the sound
+sends ``Accept: audio/wav`` (or any ``audio/*``) and gets the audio alone, with ``X-Duration-S``
+and ``X-Sample-Rate`` headers.
 
 ``GET /voices``: ``{"engine", "default_voice", "voices": [{"name", "language", "sample_rate",
 "engine", "clones_voice", "speakers"}]}``.

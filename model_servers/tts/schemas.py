@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskfleet.workflows.tts import MAX_SPEED, MIN_SPEED, AudioFormat, SentenceTiming
+from taskfleet.workflows.tts import MAX_SPEED, MIN_SPEED, AudioFormat
 
 
 class TtsRequest(BaseModel):
@@ -20,21 +20,6 @@ class TtsRequest(BaseModel):
     voice: str | None = Field(None, max_length=128)
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     format: AudioFormat = "wav"
-
-
-class TtsMetadata(BaseModel):
-    """The ``metadata`` part of a POST /tts response (see the package docstring)."""
-
-    engine: str
-    voice: str
-    language: str
-    format: AudioFormat
-    content_type: str
-    sample_rate: int
-    duration_s: float
-    size_bytes: int
-    sentences: list[SentenceTiming]
-    srt: str
 
 
 class VoiceModel(BaseModel):

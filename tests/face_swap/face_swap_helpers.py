@@ -83,7 +83,7 @@ def settings_for(models_dir: Path, **kw) -> FaceSwapSettings:
 
 def post_process(url: str, source: Path, target: Path, options: dict | None = None, timeout: float = 120):
     """POST /process and parse the streamed multipart/mixed answer; returns (status, events, files)."""
-    from model_servers.face_swap.protocol import FileSink, MemorySink, MultipartReader
+    from taskfleet.workflows.face_swap_wire import FileSink, MemorySink, MultipartReader
 
     outdir = Path(target).parent / f"out-{time.monotonic_ns()}"
     outdir.mkdir()

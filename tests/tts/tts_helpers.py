@@ -20,7 +20,7 @@ import numpy as np
 
 from model_servers.tts.app import create_app
 from model_servers.tts.settings import TtsSettings
-from model_servers.tts.wire import TtsResult, read_tts_response
+from taskfleet.workflows.tts_wire import TtsResult, read_tts_response
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,5 @@
-"""The POST /tts response body: a ``multipart/form-data`` stream, written by the server, read by clients.
+"""The ``tts`` workflow's wire format: the POST /tts response, a ``multipart/form-data`` stream
+written by the TTS server and read by the consumer (both import it from here).
 
 Two parts, in this order: ``metadata`` (JSON, ``TtsMetadata``: duration, sample rate, sentence
 timings, SRT text) and ``audio`` (the file, with a filename). One request returns everything, so
@@ -16,14 +17,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+from pydantic import BaseModel
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from taskfleet.errors import TaskfleetError
-
-from model_servers.tts.schemas import TtsMetadata
+from taskfleet.workflows.tts import AudioFormat, SentenceTiming
 
 CHUNK = 1 << 20
 MAX_METADATA_BYTES = 64 << 20  # timings and SRT of the longest text are a few hundred KB
+
+
+class TtsMetadata(BaseModel):
+    """The ``metadata`` part of a POST /tts response."""
+
+    engine: str
+    voice: str
+    language: str
+    format: AudioFormat
+    content_type: str
+    sample_rate: int
+    duration_s: float
+    size_bytes: int
+    sentences: list[SentenceTiming]
+    srt: str
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The wire format between the consumer and the face-swap server, both directions, streamed.
+"""The ``face_swap`` workflow's wire format between the consumer and the face-swap server, both directions, streamed.
 
 Request: ``POST /process`` as ``multipart/form-data`` with files ``source`` and ``target`` and a
 field ``options`` (``FaceSwapOptions`` as JSON). Response ``200``: ``multipart/mixed``, written
@@ -8,7 +8,8 @@ by one ``file`` part per output. Errors found before any progress (bad input, no
 as a plain HTTP error instead. Nothing is held whole in memory on either side: parts are parsed by
 python-multipart's push parser as chunks arrive and file parts go straight to disk.
 
-This module imports only pydantic and python-multipart: the consumer uses it without ONNX/OpenCV.
+Both sides import it from here, beside the workflow, so the consumer never imports the server's
+package; it needs only pydantic and python-multipart (no ONNX/OpenCV).
 """
 
 from __future__ import annotations
