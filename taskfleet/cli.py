@@ -41,6 +41,7 @@ def _submit(argv: list[str]) -> None:
 
     from taskfleet.client import ProducerClient
     from taskfleet.errors import TaskfleetError
+    from taskfleet.states import TaskStatus
 
     async def run() -> int:
         async with ProducerClient(args.api_url, args.token) as client:
@@ -48,7 +49,7 @@ def _submit(argv: list[str]) -> None:
             if args.wait:
                 task = await client.wait(task["task_id"], timeout=args.timeout)
             print(json.dumps(task, indent=2))
-            return 0 if task["status"] in ("PENDING", "PROCESSING", "COMPLETED") else 1
+            return 0 if task["status"] in (TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.COMPLETED) else 1
 
     try:
         sys.exit(asyncio.run(run()))

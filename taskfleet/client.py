@@ -20,11 +20,11 @@ from typing import Any, Iterable
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
-from httpx_retries import Retry, RetryTransport
 
 from taskfleet import errors
+from taskfleet.retry import connect_retry_transport
+from taskfleet.states import TERMINAL
 
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 PER_TASK_PATHS = ("/api/tasks", "/api/comm/task/fetch", "/api/comm/tasks/complete")
 
 _BY_STATUS: dict[int, type[errors.TaskfleetError]] = {
@@ -56,27 +56,10 @@ class ApiTransport(AiohttpTransport):
             raise httpx.RemoteProtocolError(str(exc), request=request) from cause
 
 
-def connect_retry_transport(transport: httpx.AsyncBaseTransport | None = None) -> RetryTransport:
-    retry = Retry(
-        total=5,
-        backoff_factor=0.2,
-        allowed_methods=["GET", "POST", "PUT", "DELETE"],
-        retry_on_exceptions=[httpx.ConnectError, httpx.ConnectTimeout],
-    )
-    # An empty status_forcelist argument means "the defaults" (429/502/503/504) to
-    # httpx-retries; a response means the request may have been acted on, so none is retried.
-    retry.status_forcelist = frozenset()
-    return RetryTransport(transport=transport or ApiTransport(), retry=retry)
-
-
 def raise_for_error(response: httpx.Response) -> None:
     if response.is_success:
         return
-    try:
-        err = response.json()["error"]
-        code, message = err["code"], err.get("message", "")
-    except (ValueError, KeyError, TypeError):
-        code, message = f"http_{response.status_code}", response.text[:500]
+    code, message = errors.parse_error_body(response.text, response.status_code)
     cls = errors.LeaseLost if code == "lease_lost" else _BY_STATUS.get(response.status_code, errors.TaskfleetError)
     raise cls(message, code=code, status=response.status_code, retryable=response.status_code >= 500)
 
@@ -95,7 +78,7 @@ class _Base:
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=timeout,
-            transport=connect_retry_transport(transport),
+            transport=connect_retry_transport(transport or ApiTransport(), total=5, backoff_factor=0.2),
             trust_env=False,
         )
         # The per-task routes as absolute URLs, parsed once: httpx re-parses and joins a

@@ -143,6 +143,7 @@ def stop(services: list[Service], grace_s: float = 20.0) -> None:
 
 async def demo(api_url: str, workflows: set[str], out_dir: Path) -> bool:
     from taskfleet.client import ProducerClient
+    from taskfleet.states import TaskStatus
 
     ok = True
     async with ProducerClient(api_url, os.environ.get("TASKFLEET_PRODUCER_TOKEN")) as client:
@@ -162,9 +163,9 @@ async def demo(api_url: str, workflows: set[str], out_dir: Path) -> bool:
                                 "through the task API, a consumer and the text to speech server."})
         for name, task in jobs.items():
             done = await client.wait(task["task_id"], timeout=300)
-            ok &= done["status"] == "COMPLETED"
+            ok &= done["status"] == TaskStatus.COMPLETED
             print(f"\n== {name}: {done['status']} ({done['task_id']})")
-            print(json.dumps(done["output"] if done["status"] == "COMPLETED" else done["error"], indent=2))
+            print(json.dumps(done["output"] if done["status"] == TaskStatus.COMPLETED else done["error"], indent=2))
     return ok
 
 
