@@ -7,7 +7,7 @@ producer's cancel; ``TaskTimeout`` → the task's ``timeout_s`` ran out.
 
 from __future__ import annotations
 
-from taskfleet.errors import InvalidInput, TaskfleetError, Unavailable
+from taskfleet.errors import TaskfleetError, Unavailable
 
 
 class ModelServerUnavailable(Unavailable):
@@ -34,10 +34,6 @@ class ModelServerTimeout(TaskfleetError):
     """A model server accepted the call but did not answer in time; another attempt may succeed."""
 
     code, status, retryable = "model_server_timeout", 504, True
-
-
-class InputTooLarge(InvalidInput):
-    code, status = "input_too_large", 413
 
 
 class InputFetchError(TaskfleetError):

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from consumer.errors import InputFetchError, InputTooLarge
-from taskfleet.errors import TaskfleetError, UrlRefused
+from consumer.errors import InputFetchError
+from taskfleet.errors import InputTooLarge, TaskfleetError, UrlRefused
 from taskfleet.urlguard import UrlGuard
 
 log = logging.getLogger(__name__)

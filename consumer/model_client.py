@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import httpx
-from httpx_retries import Retry, RetryTransport
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from consumer.circuit import CircuitBreaker, CircuitState
 from consumer.errors import ModelServerError, ModelServerTimeout, ModelServerUnavailable
 from consumer.metrics import Metrics
+from taskfleet.errors import parse_error_body
+from taskfleet.retry import connect_retry_transport
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +62,6 @@ class HealthSnapshot:
     checked_at: float = float("-inf")
 
 
-def _connect_retry_transport(transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncBaseTransport:
-    # Only failures before the request left: resending those cannot run the model twice.
-    retry = Retry(
-        total=2,
-        backoff_factor=0.1,
-        allowed_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
-        retry_on_exceptions=[httpx.ConnectError, httpx.ConnectTimeout],
-    )
-    # httpx-retries 0.6 reads an empty status_forcelist as "use the defaults" (429, 502, 503, 504),
-    # which would resend every 503 here under tenacity's own tries: no status is retried here.
-    retry.status_forcelist = frozenset()
-    return RetryTransport(transport=transport or httpx.AsyncHTTPTransport(), retry=retry)
-
-
 class Endpoint:
     """One model server URL: its own AsyncClient, circuit breaker, last health and our load on it."""
 
@@ -85,7 +72,8 @@ class Endpoint:
         self.in_flight = 0  # our calls on it right now
         self.client = httpx.AsyncClient(
             base_url=self.url,
-            transport=_connect_retry_transport(transport),
+            # Few, quick resends: tenacity's tries above this layer may move to another server.
+            transport=connect_retry_transport(transport or httpx.AsyncHTTPTransport(), total=2, backoff_factor=0.1),
             timeout=httpx.Timeout(120.0, connect=CONNECT_TIMEOUT_S),
             trust_env=False,
         )
@@ -220,14 +208,6 @@ class ModelServerPool:
         return min(usable, key=lambda ep: (ep.load(), ep.breaker.failures))
 
 
-def _error_from(response: httpx.Response, kind: str) -> tuple[str, str]:
-    try:
-        err = response.json()["error"]
-        return str(err["code"]), str(err.get("message", ""))
-    except (ValueError, KeyError, TypeError):
-        return f"{kind}_http_{response.status_code}", response.text[:300]
-
-
 def _retry_after(response: httpx.Response) -> float | None:
     try:
         return float(response.headers["Retry-After"])
@@ -323,7 +303,9 @@ class ModelServerClient:
             if stream:
                 await response.aread()
                 await response.aclose()
-            code, message = _error_from(response, self.kind)
+            code, message = parse_error_body(
+                response.text, response.status_code, fallback_prefix=f"{self.kind}_http", max_text=300
+            )
             if response.status_code in OUTAGE_STATUSES:
                 outcome = "outage"
                 if response.status_code != 429:  # 429 is "full", not "broken"

@@ -45,8 +45,11 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": err}
 
 
-def parse_error_body(body: bytes | str, status: int, *, fallback_prefix: str = "http") -> tuple[str, str]:
-    """``(code, message)`` from an error answer; one that is not our shape gets ``<prefix>_<status>``."""
+def parse_error_body(
+    body: bytes | str, status: int, *, fallback_prefix: str = "http", max_text: int = 500
+) -> tuple[str, str]:
+    """``(code, message)`` from an error answer; one that is not our shape gets ``<prefix>_<status>``
+    and its first ``max_text`` characters as the message."""
     import json
 
     try:
@@ -54,7 +57,7 @@ def parse_error_body(body: bytes | str, status: int, *, fallback_prefix: str = "
         return str(err["code"]), str(err.get("message", ""))
     except (ValueError, KeyError, TypeError):
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-        return f"{fallback_prefix}_{status}", text[:500]
+        return f"{fallback_prefix}_{status}", text[:max_text]
 
 
 class BadRequest(TaskfleetError):

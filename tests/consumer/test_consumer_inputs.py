@@ -9,10 +9,10 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
-from consumer.errors import InputFetchError, InputTooLarge
+from consumer.errors import InputFetchError
 from consumer.inputs import InputFetcher
 from storage import open_storage
-from taskfleet.errors import UrlRefused
+from taskfleet.errors import InputTooLarge, UrlRefused
 from taskfleet.urlguard import UrlGuard
 
 MB = 1 << 20
