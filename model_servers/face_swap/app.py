@@ -20,12 +20,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from model_servers.base import ModelState, install_common, jsonable
-from model_servers.face_swap.engine import Engine, EngineUnavailable, build_engine
-from model_servers.face_swap.errors import InputTooLarge
+from model_servers.face_swap.engine import Engine, build_engine
 from model_servers.face_swap.media import Tools, find_tools
 from model_servers.face_swap.pipeline import Job, JobResult
 from model_servers.face_swap.settings import FaceSwapSettings
-from taskfleet.errors import BadRequest, InvalidInput, TaskfleetError
+from taskfleet.errors import BadRequest, EngineUnavailable, InputTooLarge, InvalidInput, TaskfleetError
 from taskfleet.scratch import Scratch
 from taskfleet.workflows.face_swap import FaceSwapOptions
 from taskfleet.workflows.face_swap_wire import (

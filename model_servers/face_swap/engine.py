@@ -15,10 +15,6 @@ from model_servers.face_swap.settings import FaceSwapSettings
 from taskfleet.workflows.face_swap import FaceSwapOptions
 
 
-class EngineUnavailable(Exception):
-    """Models or runtime missing; the server starts anyway and reports this reason as unhealthy."""
-
-
 class FrameSwapper(Protocol):
     enhanced: bool
     parallel: bool  # frames are independent: a batch may be swapped by several threads at once

@@ -1,8 +1,11 @@
-"""Errors a face-swap request can end with; codes reach the consumer and the task unchanged."""
+"""Errors a face-swap request can end with; codes reach the consumer and the task unchanged.
+
+``input_too_large`` is ``taskfleet.errors.InputTooLarge``, the same error the consumer raises.
+"""
 
 from __future__ import annotations
 
-from taskfleet.errors import InvalidInput, PayloadTooLarge, TaskfleetError
+from taskfleet.errors import InvalidInput, TaskfleetError
 
 
 class NoSourceFace(InvalidInput):
@@ -27,10 +30,6 @@ class InvalidMedia(InvalidInput):
 
 class VideoTooLong(InvalidInput):
     code = "video_too_long"
-
-
-class InputTooLarge(PayloadTooLarge):
-    code = "input_too_large"
 
 
 class ImageTooLarge(InvalidInput):

@@ -15,9 +15,10 @@ import numpy as np
 import onnxruntime as ort
 
 from model_servers.face_swap.blend import mouth_keep_mask, paste_back, soft_box_mask
-from model_servers.face_swap.engine import EngineUnavailable, largest
+from model_servers.face_swap.engine import largest
 from model_servers.face_swap.errors import ModelNotInstalled, NoSourceFace
 from model_servers.face_swap.settings import FaceSwapSettings
+from taskfleet.errors import EngineUnavailable
 from taskfleet.workflows.face_swap import FaceSwapOptions
 
 SWAPPER_MODELS = ("inswapper_128_fp16", "inswapper_128")

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 
 from model_servers.face_swap.blend import match_colour
-from model_servers.face_swap.engine import EngineUnavailable
 from model_servers.face_swap.errors import NoSourceFace
 from model_servers.face_swap.settings import FaceSwapSettings
+from taskfleet.errors import EngineUnavailable
 from taskfleet.workflows.face_swap import FaceSwapOptions
 
 IMAGE_DETECT_SIDE = 512  # detection runs on a downscaled grey copy; bigger finds smaller faces

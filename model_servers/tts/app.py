@@ -17,13 +17,13 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
-from taskfleet.errors import InvalidInput, TaskfleetError
+from taskfleet.errors import EngineUnavailable, InvalidInput, TaskfleetError
 from taskfleet.scratch import Scratch
 from taskfleet.workflows.tts_wire import TtsMetadata, multipart_body
 
 from model_servers.base import ModelState, install_common
 from model_servers.tts.audio import find_ffmpeg
-from model_servers.tts.engines import Engine, EngineUnavailable, open_engine
+from model_servers.tts.engines import Engine, open_engine
 from model_servers.tts.schemas import CONTENT_TYPES, TtsRequest, VoiceModel, VoicesResponse
 from model_servers.tts.settings import TtsSettings
 from model_servers.tts.synthesis import synthesize_to_file

@@ -41,10 +41,6 @@ class Engine(Protocol):
     def synthesize(self, text: str, voice: VoiceInfo, speed: float) -> np.ndarray: ...
 
 
-class EngineUnavailable(Exception):
-    """The engine cannot run here (binary or voices missing); the server reports it unhealthy."""
-
-
 class UnknownVoice(InvalidInput):
     code = "unknown_voice"
 

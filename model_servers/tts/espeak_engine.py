@@ -10,9 +10,9 @@ import wave
 
 import numpy as np
 
-from taskfleet.errors import TaskfleetError
+from taskfleet.errors import EngineUnavailable, TaskfleetError
 
-from model_servers.tts.engines import EngineUnavailable, UnknownVoice, VoiceInfo, language_matches
+from model_servers.tts.engines import UnknownVoice, VoiceInfo, language_matches
 from model_servers.tts.settings import TtsSettings
 
 ESPEAK_SAMPLE_RATE = 22050

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model_servers.tts.engines import EngineUnavailable, UnknownVoice, VoiceInfo, language_matches
+from taskfleet.errors import EngineUnavailable
+
+from model_servers.tts.engines import UnknownVoice, VoiceInfo, language_matches
 from model_servers.tts.settings import TtsSettings
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ import pytest
 
 import face_swap_tiny
 from face_swap_helpers import settings_for
-from model_servers.face_swap.engine import EngineUnavailable
 from model_servers.face_swap.errors import ModelNotInstalled, NoSourceFace
 from model_servers.face_swap.insightface_engine import InsightFaceEngine
 from model_servers.face_swap.lite_engine import IMAGE_DETECT_SIDE, LiteEngine, _cascade, detect_faces
+from taskfleet.errors import EngineUnavailable
 from taskfleet.workflows.face_swap import FaceSwapOptions
 
 SOURCE = face_swap_tiny.face_canvas([(8, 8, (230, 200, 180))])
