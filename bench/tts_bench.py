@@ -99,7 +99,7 @@ def build_medium_piper_standin(voices_dir: Path, name: str = "en_US-standin-medi
 
 def bench_engine(label: str, settings, runs: int, fmt: str = "wav") -> None:
     from model_servers.tts.audio import find_ffmpeg
-    from model_servers.tts.engines import open_engine
+    from model_servers.tts.engine_factory import open_engine
     from model_servers.tts.synthesis import synthesize_to_file
 
     engine = open_engine(settings)

@@ -20,7 +20,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from model_servers.base import ModelState, install_common, jsonable
-from model_servers.face_swap.engine import Engine, build_engine
+from model_servers.face_swap.engine import Engine
+from model_servers.face_swap.engine_factory import build_engine
 from model_servers.face_swap.media import Tools, find_tools
 from model_servers.face_swap.pipeline import Job, JobResult
 from model_servers.face_swap.settings import FaceSwapSettings

@@ -1,4 +1,4 @@
-"""What a face-swap engine offers the pipeline, and the engine chosen by settings.
+"""What a face-swap engine offers the pipeline (the engines implement it; ``engine_factory.py`` picks one).
 
 An engine loads its models once; ``start`` prepares one job (finds the source face) and returns a
 ``FrameSwapper`` that swaps frame after frame and may keep state between frames (the lite engine
@@ -11,7 +11,6 @@ from typing import Protocol
 
 import numpy as np
 
-from model_servers.face_swap.settings import FaceSwapSettings
 from taskfleet.workflows.face_swap import FaceSwapOptions
 
 
@@ -33,18 +32,3 @@ class Engine(Protocol):
     def start(self, source: np.ndarray, options: FaceSwapOptions, *, video: bool) -> FrameSwapper:
         """Prepare one job; ``NoSourceFace`` when the source image has no face."""
 
-
-def build_engine(settings: FaceSwapSettings) -> Engine:
-    if settings.face_swap_engine == "lite":
-        from model_servers.face_swap.lite_engine import LiteEngine
-
-        return LiteEngine(settings)
-    from model_servers.face_swap.insightface_engine import InsightFaceEngine
-
-    return InsightFaceEngine(settings)
-
-
-def largest(boxes: list[np.ndarray] | np.ndarray) -> int:
-    """Index of the box (x0, y0, x1, y1, ...) with the largest area."""
-    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
-    return int(np.argmax(areas))

@@ -15,13 +15,18 @@ import numpy as np
 import onnxruntime as ort
 
 from model_servers.face_swap.blend import mouth_keep_mask, paste_back, soft_box_mask
-from model_servers.face_swap.engine import largest
 from model_servers.face_swap.errors import ModelNotInstalled, NoSourceFace
 from model_servers.face_swap.settings import FaceSwapSettings
 from taskfleet.errors import EngineUnavailable
 from taskfleet.workflows.face_swap import FaceSwapOptions
 
 SWAPPER_MODELS = ("inswapper_128_fp16", "inswapper_128")
+
+
+def largest(boxes: list[np.ndarray] | np.ndarray) -> int:
+    """Index of the box (x0, y0, x1, y1, ...) with the largest area."""
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+    return int(np.argmax(areas))
 
 
 def select_providers(wanted: list[str]) -> list[str]:

@@ -23,7 +23,8 @@ from taskfleet.workflows.tts_wire import TtsMetadata, multipart_body
 
 from model_servers.base import ModelState, install_common
 from model_servers.tts.audio import find_ffmpeg
-from model_servers.tts.engines import Engine, open_engine
+from model_servers.tts.engine import Engine
+from model_servers.tts.engine_factory import open_engine
 from model_servers.tts.schemas import CONTENT_TYPES, TtsRequest, VoiceModel, VoicesResponse
 from model_servers.tts.settings import TtsSettings
 from model_servers.tts.synthesis import synthesize_to_file

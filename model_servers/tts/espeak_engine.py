@@ -12,7 +12,7 @@ import numpy as np
 
 from taskfleet.errors import EngineUnavailable, TaskfleetError
 
-from model_servers.tts.engines import UnknownVoice, VoiceInfo, language_matches
+from model_servers.tts.engine import UnknownVoice, VoiceInfo, language_matches
 from model_servers.tts.settings import TtsSettings
 
 ESPEAK_SAMPLE_RATE = 22050

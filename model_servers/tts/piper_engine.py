@@ -15,7 +15,7 @@ import numpy as np
 
 from taskfleet.errors import EngineUnavailable
 
-from model_servers.tts.engines import UnknownVoice, VoiceInfo, language_matches
+from model_servers.tts.engine import UnknownVoice, VoiceInfo, language_matches
 from model_servers.tts.settings import TtsSettings
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from taskfleet.errors import InvalidInput
 from taskfleet.workflows.tts import SentenceTiming
 
 from model_servers.tts.audio import WavWriter, encode_mp3, normalize_loudness, trim_silence
-from model_servers.tts.engines import Engine, VoiceInfo
+from model_servers.tts.engine import Engine, VoiceInfo
 from model_servers.tts.sentences import split_sentences
 from model_servers.tts.settings import TtsSettings
 from model_servers.tts.subtitles import build_srt

@@ -1,4 +1,4 @@
-"""What a TTS engine offers the server, and the engine chosen by settings.
+"""What a TTS engine offers the server (the engines implement it; ``engine_factory.py`` picks one).
 
 An engine turns one sentence into float32 mono samples in [-1, 1]; splitting, pauses, loudness,
 timings and encoding are shared (``synthesis.py``) so every engine gets them the same way.
@@ -12,8 +12,6 @@ from typing import Protocol
 import numpy as np
 
 from taskfleet.errors import InvalidInput
-
-from model_servers.tts.settings import TtsSettings
 
 
 @dataclass(frozen=True)
@@ -51,13 +49,3 @@ def language_matches(wanted: str, have: str) -> bool:
     h = have.lower().replace("_", "-")
     return h == w or h.startswith(w + "-")
 
-
-def open_engine(settings: TtsSettings) -> Engine:
-    # Imported here so an espeak server never imports onnxruntime and piper.
-    if settings.tts_engine == "piper":
-        from model_servers.tts.piper_engine import PiperEngine
-
-        return PiperEngine(settings)
-    from model_servers.tts.espeak_engine import EspeakEngine
-
-    return EspeakEngine(settings)
