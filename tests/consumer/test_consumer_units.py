@@ -15,7 +15,8 @@ from consumer.errors import ModelServerUnavailable, TaskCancelled
 from consumer.model_client import HealthSnapshot
 from consumer.processors.echo import process as echo
 from consumer.registry import Runnable, resolve
-from consumer.runner import Consumer, Running
+from consumer.attempts import Running
+from consumer.runner import Consumer
 from consumer.settings import ConsumerSettings
 from taskfleet.errors import ConfigError, TaskfleetError
 from taskfleet.workflows import Workflow, WorkflowRegistry
@@ -91,19 +92,20 @@ async def test_fetch_plan_follows_slots_capacity_and_pauses():
         runnables={"echo": Runnable(ECHO, echo), "fake": Runnable(FAKE, _noop)},
     )
     ep = c.pools["fake"].endpoints[0]
-    assert c._plan() == (["echo"], 4)  # no health answer yet: only what needs no model server
+    running = c.attempts.running
+    assert c.capacity.plan(running) == (["echo"], 4)  # no health answer yet: only what needs no model server
     ep.health = HealthSnapshot(healthy=True, status="healthy", capacity=2, checked_at=time.monotonic())
-    assert c._plan() == (["echo", "fake"], 2)  # one fetch may return any mix, so capacity caps it
-    c.running["t1"] = Running({"task_id": "t1"}, c.runnables["fake"], "l1")
-    assert c._plan() == (["echo", "fake"], 1)
-    c.running["t2"] = Running({"task_id": "t2"}, c.runnables["fake"], "l2")
-    assert c._plan() == (["echo"], 2)  # the server is full: 2 of 4 slots left for echo
-    del c.running["t1"], c.running["t2"]
-    c._pause_kind(ModelServerUnavailable("down", kind="fake"))
-    assert c._plan() == (["echo"], 4)  # paused after an outage release
+    assert c.capacity.plan(running) == (["echo", "fake"], 2)  # one fetch may return any mix, so capacity caps it
+    running["t1"] = Running({"task_id": "t1"}, c.runnables["fake"], "l1")
+    assert c.capacity.plan(running) == (["echo", "fake"], 1)
+    running["t2"] = Running({"task_id": "t2"}, c.runnables["fake"], "l2")
+    assert c.capacity.plan(running) == (["echo"], 2)  # the server is full: 2 of 4 slots left for echo
+    del running["t1"], running["t2"]
+    c.capacity.pause(ModelServerUnavailable("down", kind="fake"))
+    assert c.capacity.plan(running) == (["echo"], 4)  # paused after an outage release
     ep.health.others_in_flight = 2  # other consumers fill it
-    c._backoff.clear()
-    assert c._plan() == (["echo"], 4)
+    c.capacity.resume("fake")
+    assert c.capacity.plan(running) == (["echo"], 4)
     await c.aclose()
 
 

@@ -1,0 +1,147 @@
+"""What to lease and when: the capacity plan and the loop that long-polls the API by it.
+
+Promises kept here:
+- fetch only as many tasks as there are free slots *and* free healthy model-server capacity;
+- after an outage released a task, fetching for that kind pauses: 1 s (or the server's
+  Retry-After), doubling with each further outage up to ``outage_backoff_max_s``, back to 1 s once
+  a task of the kind completes;
+- an open long poll is never cancelled: what it brings is handed over (and released on stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+import httpx
+
+from consumer.attempts import Attempts, Running
+from consumer.errors import ModelServerUnavailable
+from consumer.metrics import Metrics
+from consumer.model_client import ModelServerPool
+from consumer.registry import Runnable
+from taskfleet.client import ConsumerClient
+from taskfleet.errors import TaskfleetError
+
+log = logging.getLogger("consumer")
+
+
+class Capacity:
+    """Which workflows this consumer may lease now, and how many tasks: slots, model-server room, pauses."""
+
+    def __init__(
+        self,
+        runnables: dict[str, Runnable],
+        pools: dict[str, ModelServerPool],
+        *,
+        concurrency: int,
+        outage_backoff_max_s: float,
+    ) -> None:
+        self.runnables = runnables
+        self.pools = pools
+        self.concurrency = concurrency
+        self.outage_backoff_max_s = outage_backoff_max_s
+        # Set when a slot frees, health answers were re-read, or on stop: the fetch loop plans again.
+        self.changed = asyncio.Event()
+        self._paused: dict[str, tuple[float, float]] = {}  # kind -> (paused until, last pause)
+
+    def plan(self, running: Mapping[str, Running]) -> tuple[list[str], int]:
+        """Which workflows to ask for, and how many tasks at most, with ``running`` in flight."""
+        free = self.concurrency - len(running)
+        if free <= 0:
+            return [], 0
+        now = time.monotonic()
+        room: dict[str, int] = {}
+        for kind, pool in self.pools.items():
+            paused_until = self._paused.get(kind, (0.0, 0.0))[0]
+            ours = sum(1 for r in running.values() if kind in r.runnable.model_servers)
+            room[kind] = 0 if now < paused_until else pool.free_slots(ours)
+        names: list[str] = []
+        limit = free
+        for name, r in self.runnables.items():
+            if all(room[k] > 0 for k in r.model_servers):
+                names.append(name)
+                for k in r.model_servers:
+                    # One fetch may return any mix of the named workflows, so the tightest kind caps it.
+                    limit = min(limit, room[k])
+        return names, limit
+
+    def pause(self, error: ModelServerUnavailable) -> float:
+        kind = error.kind
+        _, last = self._paused.get(kind, (0.0, 0.0))
+        pause = min(self.outage_backoff_max_s, max(1.0, last * 2))
+        if error.retry_after_s:
+            pause = min(self.outage_backoff_max_s, max(pause, error.retry_after_s))
+        self._paused[kind] = (time.monotonic() + pause, pause)
+        return pause
+
+    def resume(self, kind: str) -> None:
+        self._paused.pop(kind, None)
+
+    async def refresh_loop(self, every_s: float) -> None:
+        """Re-read every model server's health, then let the fetch loop plan again; until cancelled."""
+        while True:
+            await asyncio.gather(*(p.refresh() for p in self.pools.values()), return_exceptions=True)
+            self.changed.set()
+            await asyncio.sleep(every_s)
+
+
+class FetchLoop:
+    """Long-polls the API for what the plan allows and hands each task to ``Attempts``, until stopped."""
+
+    def __init__(
+        self,
+        client: ConsumerClient,
+        capacity: Capacity,
+        attempts: Attempts,
+        *,
+        fetch_wait_s: float,
+        metrics: Metrics,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.client = client
+        self.capacity = capacity
+        self.attempts = attempts
+        self.fetch_wait_s = fetch_wait_s
+        self.metrics = metrics
+        self._stopping = stopping
+
+    async def run(self) -> None:
+        capacity = self.capacity
+        api_backoff = 0.0
+        while not self._stopping.is_set():
+            names, limit = capacity.plan(self.attempts.running)
+            if not names:
+                capacity.changed.clear()
+                await _wait(capacity.changed, 1.0)
+                continue
+            try:
+                # Not cancelled on stop: the API may have leased tasks to us already, and a response
+                # dropped on the floor would leave them leased until expiry (and count an attempt).
+                wait_s = self.fetch_wait_s
+                if len(names) < len(capacity.runnables):
+                    # Some workflows are held back (server down or full): poll briefly, so that
+                    # they are asked for again soon after their capacity returns.
+                    wait_s = min(wait_s, 1.0)
+                tasks = await asyncio.shield(self.client.fetch(names, limit=limit, wait_s=wait_s))
+                api_backoff = 0.0
+            except (TaskfleetError, httpx.HTTPError) as exc:
+                api_backoff = min(max(api_backoff * 2, 0.5), 15.0)
+                log.warning("fetch failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, api_backoff)
+                await _wait(self._stopping, api_backoff)
+                continue
+            self.metrics.fetched.inc(len(tasks))
+            for task in tasks:
+                self.attempts.start(task)
+            if tasks:
+                # Let the new tasks send their first request before the next long poll is built.
+                await asyncio.sleep(0)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
