@@ -144,14 +144,14 @@ class ModelServerPool:
         except (httpx.HTTPError, ValueError) as exc:
             ep.health = HealthSnapshot(False, "unreachable", str(exc) or type(exc).__name__, checked_at=time.monotonic())
             ep.breaker.record_failure()
-            self._observe_circuit(ep)
+            self.observe_circuit(ep)
             return
         status = body.get("status", f"http_{response.status_code}") if isinstance(body, dict) else "invalid"
         if response.status_code != 200 or not isinstance(body, dict):
             ep.health = HealthSnapshot(False, status, f"/health answered {response.status_code}", checked_at=time.monotonic())
             if response.status_code >= 500:
                 ep.breaker.record_failure()
-            self._observe_circuit(ep)
+            self.observe_circuit(ep)
             return
         capacity = int(body.get("capacity") or 1)
         reported = int(body.get("in_flight") or 0)
@@ -169,9 +169,10 @@ class ModelServerPool:
         # circuit, though: a server can say "healthy" and answer every call 503.
         if not ep.breaker.closed:
             ep.breaker.record_success()
-        self._observe_circuit(ep)
+        self.observe_circuit(ep)
 
-    def _observe_circuit(self, ep: Endpoint) -> None:
+    def observe_circuit(self, ep: Endpoint) -> None:
+        """Show ``ep``'s circuit state on the metrics gauge (after each success or failure it records)."""
         if self.metrics is not None:
             self.metrics.circuit_state.labels(self.kind, ep.url).set(int(ep.breaker.state))
 
@@ -283,7 +284,7 @@ class ModelServerClient:
             except OUTAGE_EXCEPTIONS as exc:
                 outcome = "outage"
                 ep.breaker.record_failure()
-                pool._observe_circuit(ep)
+                pool.observe_circuit(ep)
                 raise _Outage(f"{ep.url}: {type(exc).__name__}: {exc}") from exc
             except httpx.TimeoutException as exc:
                 # The server took the request and is still on it: not an outage, and resending would
@@ -294,7 +295,7 @@ class ModelServerClient:
             if response.is_success:
                 outcome = "ok"
                 ep.breaker.record_success()
-                pool._observe_circuit(ep)
+                pool.observe_circuit(ep)
                 if stream:
                     # The call goes on while the body streams; stream() gives the slot back on close.
                     response.extensions["taskfleet_endpoint"] = ep
@@ -310,7 +311,7 @@ class ModelServerClient:
                 outcome = "outage"
                 if response.status_code != 429:  # 429 is "full", not "broken"
                     ep.breaker.record_failure()
-                    pool._observe_circuit(ep)
+                    pool.observe_circuit(ep)
                 raise _Outage(f"{ep.url} answered {response.status_code} {code}: {message}", _retry_after(response))
             outcome = f"http_{response.status_code}"
             if 400 <= response.status_code < 500:
