@@ -13,6 +13,7 @@ from typing import Any, Optional
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from task_api.body import JsonBodyRoute
 from task_api.queue import Queue, iso, task_json
 from task_api.routes_producer import ERRORS
 from task_api.schemas import (
@@ -63,7 +64,7 @@ class HangUpWatch:
 
 
 def consumer_router(svc: Services) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(svc.auth.require("consumer"))], responses=ERRORS)
+    router = APIRouter(dependencies=[Depends(svc.auth.require("consumer"))], responses=ERRORS, route_class=JsonBodyRoute)
     queue: Queue = svc.queue
     attempts = svc.metrics.attempts
 

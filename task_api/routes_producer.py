@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from task_api.body import JsonBodyRoute
 from task_api.queue import SYNC_PRIORITY, Queue, request_hash, task_json
 from task_api.schemas import (
     Accepted,
@@ -42,7 +43,7 @@ CREATE_TASK_OPENAPI = {
 
 
 def producer_router(svc: Services) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(svc.auth.require("producer"))], responses=ERRORS)
+    router = APIRouter(dependencies=[Depends(svc.auth.require("producer"))], responses=ERRORS, route_class=JsonBodyRoute)
     queue: Queue = svc.queue
 
     def spec_of(body: CreateTask, *, notify_done: bool = False, priority: int | None = None) -> dict[str, Any]:

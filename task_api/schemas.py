@@ -7,6 +7,8 @@ from typing import Any, Literal, Optional, TypeVar
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from task_api.body import parse_json
+
 Status = Literal["PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
 MAX_PRIORITY = 1000
 M = TypeVar("M", bound=BaseModel)
@@ -162,11 +164,11 @@ class ErrorBody(BaseModel):
 
 def parse_body(model: type[M], raw: bytes) -> M:
     """A JSON body as ``model``, with the errors FastAPI would give: a request validation
-    error whose locations start at ``body`` (malformed JSON is its ``json_invalid``)."""
+    error whose locations start at ``body``; the text itself is refused as parse_json does."""
     if not raw:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate(parse_json(raw))
     except ValidationError as exc:
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
