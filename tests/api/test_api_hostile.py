@@ -6,6 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from task_api.queue import Queue
+from task_api.wakeup import Dispatcher
+
 H = {"content-type": "application/json"}
 NON_FINITE = [b"1e400", b"-1e400", b"NaN", b"Infinity", b"-Infinity"]
 
@@ -109,6 +112,33 @@ def test_finite_extremes_are_kept_as_sent(conn):
     assert conn.json("GET", f"/api/tasks/{task_id}")["input"]["data"] == data
     conn.json("POST", f"/api/comm/task/{task_id}/complete", {"lease_id": lease, "output": {"data": data}})
     assert conn.json("GET", f"/api/tasks/{task_id}")["output"] == {"data": data}
+
+
+async def test_the_queue_stores_no_non_finite_number(queue_db):
+    """The last guard, below the HTTP boundary: a caller in process cannot store one either,
+    and the refusal comes before the write."""
+    queue = Queue(queue_db, Dispatcher(), lease_s=30)
+
+    def spec(data):
+        return {"workflow": "echo", "input": {"data": data}, "priority": 0, "max_attempts": 3, "timeout_s": 60,
+                "webhook_url": None, "metadata": {}, "idempotency_key": None, "body_hash": None}  # fmt: skip
+
+    try:
+        with pytest.raises(ValueError):
+            await queue.create(**spec(float("inf")))
+        with pytest.raises(ValueError):
+            await queue.create_many([spec(1), spec([float("nan")])])
+        row, _ = await queue.create(**spec(1))
+        (leased,) = await queue.claim(None, consumer_id="c", host=None, limit=10)
+        with pytest.raises(ValueError):
+            await queue.heartbeat(row["id"], leased["lease_id"], {"percent": float("nan"), "message": ""})
+        with pytest.raises(ValueError):
+            await queue.complete(row["id"], leased["lease_id"], {"v": float("-inf")})
+        assert (await queue.complete(row["id"], leased["lease_id"], {"v": 1}))["status"] == "COMPLETED"
+        rows, _ = await queue.list(status=None, workflow=None, limit=10, cursor=None)
+        assert [(r["id"], r["output"]) for r in rows] == [(row["id"], '{"v":1}')]
+    finally:
+        await queue.aclose()
 
 
 SURROGATES = [b'"\\ud800"', b'"\\udfff tail"', b'"\\ud83d"', b'"\xed\xa0\x80"', b'"\xff"']
