@@ -6,7 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from task_api.app import create_app
 from task_api.queue import Queue
+from task_api.settings import ApiSettings
 from task_api.wakeup import Dispatcher
 
 H = {"content-type": "application/json"}
@@ -163,3 +165,49 @@ def test_a_lone_surrogate_gets_invalid_json_on_every_body_route(conn):
             conn.refused("POST", path, body, 400, "invalid_json")
     assert conn.json("GET", "/api/tasks")["items"][0]["status"] == "PROCESSING"
     assert len(conn.json("GET", "/api/tasks")["items"]) == 1
+
+
+def test_nul_in_any_string_parameter_is_refused(conn):
+    task_id, lease = leased_task(conn, 1)
+    bad = "a%00b"
+    for method, path, body in [
+        ("GET", f"/api/tasks/{bad}", None),
+        ("POST", f"/api/tasks/{bad}/cancel", None),
+        ("POST", f"/api/tasks/{bad}/retry", None),
+        ("GET", f"/api/tasks?workflow={bad}", None),
+        ("GET", f"/api/comm/task/fetch?wait_s=0&workflow={bad}", None),
+        ("GET", f"/api/comm/task/fetch?wait_s=0&consumer_id={bad}", None),
+        ("GET", f"/api/comm/task/fetch?wait_s=0&host={bad}", None),
+        ("POST", f"/api/comm/task/{bad}/heartbeat", b'{"lease_id":"l"}'),
+        ("POST", f"/api/comm/task/{bad}/complete", b'{"lease_id":"l"}'),
+        ("POST", f"/api/comm/task/{bad}/fail", b'{"lease_id":"l","error":{"code":"x"},"retryable":false}'),
+        ("POST", f"/api/comm/task/{bad}/release", b'{"lease_id":"l"}'),
+        ("POST", f"/api/comm/task/{task_id}/heartbeat", b'{"lease_id":"l\\u0000"}'),
+        ("POST", f"/api/comm/task/{task_id}/complete", b'{"lease_id":"\\u0000"}'),
+        ("POST", f"/api/comm/task/{task_id}/fail", b'{"lease_id":"\\u0000","error":{"code":"x"},"retryable":false}'),
+        ("POST", f"/api/comm/task/{task_id}/release", b'{"lease_id":"\\u0000"}'),
+        ("POST", "/api/comm/tasks/complete", b'{"items":[{"task_id":"a\\u0000","lease_id":"l"}]}'),
+        ("POST", "/api/comm/tasks/complete", b'{"items":[{"task_id":"%s","lease_id":"l\\u0000"}]}' % task_id.encode()),
+        ("POST", "/api/tasks", b'{"workflow":"echo","idempotency_key":"k\\u0000"}'),
+        ("POST", "/api/tasks", b'{"workflow":"ec\\u0000ho"}'),
+        ("POST", "/api/tasks", b'{"workflow":"echo","webhook_url":"https://example.com/\\u0000"}'),
+        ("POST", "/api/tasks/batch", b'{"tasks":[{"workflow":"echo","idempotency_key":"\\u0000"}]}'),
+    ]:
+        conn.refused(method, path, body, 422, "nul_character")
+    # Nothing changed: the one leased task still completes under its lease.
+    conn.json("POST", f"/api/comm/task/{task_id}/complete", {"lease_id": lease, "output": None})
+    assert [t["status"] for t in conn.json("GET", "/api/tasks")["items"]] == ["COMPLETED"]
+
+
+async def test_nul_in_the_idempotency_key_header_is_refused(database_url, tmp_path):
+    # uvicorn's parser already turns a NUL in a header away; the app holds without it too.
+    app = create_app(ApiSettings(database_url=database_url, storage_url=f"file://{tmp_path}/s"))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            r = await http.post("/api/tasks", json={"workflow": "echo"}, headers={"idempotency-key": "k\x00"})
+            assert (r.status_code, r.json()["error"]["code"]) == (422, "nul_character")
+            assert r.json()["error"]["details"][0]["loc"] == ["header", "idempotency-key"]
+            r = await http.post("/api/tasks", json={"workflow": "echo"}, headers={"idempotency-key": "k" * 201})
+            assert (r.status_code, r.json()["error"]["code"]) == (422, "validation_error")
+            assert (await http.get("/api/tasks")).json()["items"] == []
