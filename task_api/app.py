@@ -148,7 +148,9 @@ def create_app(
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "invalid_json", "request body is not valid JSON")
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
-        return error_response(422, "validation_error", "request does not match the schema", details)
+        # A NUL anywhere it would reach a text column gets its own code, whichever field it is in.
+        code = "nul_character" if any(e.get("type") == "nul_character" for e in errors) else "validation_error"
+        return error_response(422, code, "request does not match the schema", details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

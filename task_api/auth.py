@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import socket
 from typing import Awaitable, Callable
 
 from fastapi import Request
@@ -17,26 +18,44 @@ log = logging.getLogger("taskfleet.api.auth")
 ALLOWED = {"producer": ("producer", "admin"), "consumer": ("consumer", "admin"), "admin": ("admin",)}
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
+def bind_addresses(host: str) -> list[str]:
+    """The addresses a server bound to ``host`` listens on, resolved as asyncio's create_server
+    resolves them for uvicorn: an empty host is every interface, a name each address it has.
+    None at all when the name does not resolve."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+        infos = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return []
+    return sorted({info[4][0] for info in infos})
+
+
+def is_loopback_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def loopback_only(addresses: list[str]) -> bool:
+    return bool(addresses) and all(is_loopback_address(a) for a in addresses)
 
 
 class Authenticator:
     def __init__(self, token_sets: dict[str, list[str]], *, host: str) -> None:
         self._tokens = [(kind, tok.encode()) for kind, toks in token_sets.items() for tok in toks]
         self.open = not self._tokens
-        if self.open and not is_loopback(host):
+        if not self.open:
+            return
+        # Decided on the addresses the server will listen on, not on the string: "" and
+        # "0.0.0.0" are every interface, and a name is whatever it resolves to.
+        addresses = bind_addresses(host)
+        bound = ", ".join(addresses) or "no address it resolves to"
+        if not loopback_only(addresses):
             raise ConfigError(
-                f"no API tokens configured and bound to {host}: refusing to run open on a "
+                f"no API tokens configured and bound to {host!r} ({bound}): refusing to run open on a "
                 "non-loopback address (set TASKFLEET_PRODUCER_TOKENS / _CONSUMER_TOKENS / _ADMIN_TOKENS)"
             )
-        if self.open:
-            log.warning("!!! NO API TOKENS CONFIGURED: the task API is OPEN to anyone on %s (loopback only) !!!", host)
+        log.warning("!!! NO API TOKENS CONFIGURED: the task API is OPEN to anyone on %s (%s: loopback only) !!!", host, bound)
 
     def kind_of(self, presented: str) -> str | None:
         # Compare against every token, without stopping early, so timing says nothing about

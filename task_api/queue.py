@@ -37,7 +37,9 @@ def iso(ts: float | None) -> str | None:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: a NaN or Infinity stored would make every later answer about its task
+    # (and every fetch that claims it) fail to encode; this refuses it before the write.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def request_hash(body: dict[str, Any]) -> str:

@@ -8,11 +8,12 @@ document them) instead of paying for a second validation of what the queue just 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from task_api.body import JsonBodyRoute
 from task_api.queue import Queue, iso, task_json
 from task_api.routes_producer import ERRORS
 from task_api.schemas import (
@@ -25,6 +26,7 @@ from task_api.schemas import (
     HeartbeatResponse,
     LeaseRequest,
     StatusResponse,
+    Text,
 )
 from task_api.services import Services
 from taskfleet.errors import TaskfleetError
@@ -63,7 +65,7 @@ class HangUpWatch:
 
 
 def consumer_router(svc: Services) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(svc.auth.require("consumer"))], responses=ERRORS)
+    router = APIRouter(dependencies=[Depends(svc.auth.require("consumer"))], responses=ERRORS, route_class=JsonBodyRoute)
     queue: Queue = svc.queue
     attempts = svc.metrics.attempts
 
@@ -74,9 +76,10 @@ def consumer_router(svc: Services) -> APIRouter:
     )
     async def fetch(
         request: Request,
-        workflow: list[str] = Query(default=[], max_length=50),
-        consumer_id: str = Query("anonymous", min_length=1, max_length=200),
-        host: Optional[str] = Query(None, max_length=255),
+        workflow: list[Text] = Query(default=[], max_length=50),
+        # Annotated: with a Query() default, FastAPI drops the NUL check a bare Text carries.
+        consumer_id: Annotated[Text, Query(min_length=1, max_length=200)] = "anonymous",
+        host: Optional[Text] = Query(None, max_length=255),
         limit: int = Query(1, ge=1, le=100),
         wait_s: float = Query(min(20.0, svc.settings.max_wait_s), ge=0, le=svc.settings.max_wait_s),
     ) -> Response:
@@ -103,7 +106,7 @@ def consumer_router(svc: Services) -> APIRouter:
         return JSONResponse({"tasks": tasks})
 
     @router.post("/api/comm/task/{task_id}/heartbeat", response_model=HeartbeatResponse)
-    async def heartbeat(task_id: str, body: HeartbeatRequest) -> JSONResponse:
+    async def heartbeat(task_id: Text, body: HeartbeatRequest) -> JSONResponse:
         progress = body.progress.model_dump() if body.progress is not None else None
         result = await queue.heartbeat(task_id, body.lease_id, progress)
         workflow = result.pop("workflow")
@@ -112,7 +115,7 @@ def consumer_router(svc: Services) -> APIRouter:
         return JSONResponse(result)
 
     @router.post("/api/comm/task/{task_id}/complete", response_model=StatusResponse)
-    async def complete(task_id: str, body: CompleteRequest) -> JSONResponse:
+    async def complete(task_id: Text, body: CompleteRequest) -> JSONResponse:
         row = await queue.complete(task_id, body.lease_id, body.output)
         attempts.labels(row["workflow"], "completed").inc()
         return JSONResponse(status_body(row))
@@ -132,7 +135,7 @@ def consumer_router(svc: Services) -> APIRouter:
         return JSONResponse({"results": results})
 
     @router.post("/api/comm/task/{task_id}/fail", response_model=StatusResponse)
-    async def fail(task_id: str, body: FailRequest) -> JSONResponse:
+    async def fail(task_id: Text, body: FailRequest) -> JSONResponse:
         error = {**body.error.model_dump(), "retryable": body.retryable}
         row = await queue.fail(
             task_id, body.lease_id, error=error, retryable=body.retryable, retry_after_s=body.retry_after_s
@@ -141,7 +144,7 @@ def consumer_router(svc: Services) -> APIRouter:
         return JSONResponse(status_body(row))
 
     @router.post("/api/comm/task/{task_id}/release", response_model=StatusResponse)
-    async def release(task_id: str, body: LeaseRequest) -> JSONResponse:
+    async def release(task_id: Text, body: LeaseRequest) -> JSONResponse:
         row = await queue.release(task_id, body.lease_id)
         attempts.labels(row["workflow"], "released").inc()
         return JSONResponse(status_body(row))

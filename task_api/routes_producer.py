@@ -10,9 +10,12 @@ from typing import Any, Optional
 from fastapi import APIRouter, Body, Depends, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
+from task_api.body import JsonBodyRoute
 from task_api.queue import SYNC_PRIORITY, Queue, request_hash, task_json
 from task_api.schemas import (
+    IDEMPOTENCY_KEY,
     Accepted,
     CreateTask,
     CreateTasks,
@@ -23,6 +26,7 @@ from task_api.schemas import (
     TaskBatch,
     TaskPage,
     TaskWithHistory,
+    Text,
     parse_body,
 )
 from task_api.services import Services
@@ -42,7 +46,7 @@ CREATE_TASK_OPENAPI = {
 
 
 def producer_router(svc: Services) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(svc.auth.require("producer"))], responses=ERRORS)
+    router = APIRouter(dependencies=[Depends(svc.auth.require("producer"))], responses=ERRORS, route_class=JsonBodyRoute)
     queue: Queue = svc.queue
 
     def spec_of(body: CreateTask, *, notify_done: bool = False, priority: int | None = None) -> dict[str, Any]:
@@ -80,11 +84,12 @@ def producer_router(svc: Services) -> APIRouter:
         body = parse_body(CreateTask, await request.body())
         idempotency_key = request.headers.get("idempotency-key")
         if idempotency_key and not body.idempotency_key:
-            if len(idempotency_key) > 200:
-                raise RequestValidationError([{
-                    "type": "string_too_long", "loc": ("header", "idempotency-key"),
-                    "msg": "String should have at most 200 characters", "input": idempotency_key,
-                }])  # fmt: skip
+            try:
+                idempotency_key = IDEMPOTENCY_KEY.validate_python(idempotency_key)
+            except ValidationError as exc:
+                raise RequestValidationError(
+                    [{**err, "loc": ("header", "idempotency-key")} for err in exc.errors(include_url=False)]
+                ) from None
             body = body.model_copy(update={"idempotency_key": idempotency_key})
         row, created = await submit(body)
         return JSONResponse(task_json(row), status_code=201 if created else 200)
@@ -107,14 +112,14 @@ def producer_router(svc: Services) -> APIRouter:
         return JSONResponse({"tasks": [task_json(r) for r, _ in results]}, status_code=201 if created else 200)
 
     @router.get("/api/tasks/{task_id}", response_model=TaskWithHistory)
-    async def get_task(task_id: str) -> dict[str, Any]:
+    async def get_task(task_id: Text) -> dict[str, Any]:
         row = await queue.get(task_id)
         return {**task_json(row), "history": await queue.history(task_id)}
 
     @router.get("/api/tasks", response_model=TaskPage)
     async def list_tasks(
         status: Optional[Status] = None,
-        workflow: Optional[str] = Query(None, max_length=100),
+        workflow: Optional[Text] = Query(None, max_length=100),
         limit: int = Query(50, ge=1, le=500),
         cursor: Optional[str] = Query(None, max_length=40),
     ) -> dict[str, Any]:
@@ -122,11 +127,11 @@ def producer_router(svc: Services) -> APIRouter:
         return {"items": [task_json(r) for r in rows], "next_cursor": next_cursor}
 
     @router.post("/api/tasks/{task_id}/cancel", response_model=Task)
-    async def cancel_task(task_id: str) -> dict[str, Any]:
+    async def cancel_task(task_id: Text) -> dict[str, Any]:
         return task_json(await queue.cancel(task_id))
 
     @router.post("/api/tasks/{task_id}/retry", response_model=Task)
-    async def retry_task(task_id: str) -> dict[str, Any]:
+    async def retry_task(task_id: Text) -> dict[str, Any]:
         return task_json(await queue.retry(task_id))
 
     @router.post("/api/{route}/create-task", status_code=201, response_model=Accepted)

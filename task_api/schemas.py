@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, TypeVar
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
+
+from task_api.body import parse_json
 
 Status = Literal["PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
 MAX_PRIORITY = 1000
 M = TypeVar("M", bound=BaseModel)
+
+
+def _no_nul(value: str) -> str:
+    # Postgres text cannot hold NUL (asyncpg refuses the query with a 500), SQLite can: refused
+    # here, so both databases give the same 422. Inside JSON values (input, output...) a NUL
+    # is stored escaped and is fine.
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "String should not contain NUL characters")
+    return value
+
+
+# A string kept in a text column as it is: ids, keys, names, URLs (path and query parameters too).
+Text = Annotated[str, AfterValidator(_no_nul)]
+IdempotencyKey = Annotated[Text, Field(min_length=1, max_length=200)]
+# For the Idempotency-Key header, which must pass what the body's field passes.
+IDEMPOTENCY_KEY = TypeAdapter(IdempotencyKey)
 
 
 class Strict(BaseModel):
@@ -17,14 +36,14 @@ class Strict(BaseModel):
 
 
 class CreateTask(Strict):
-    workflow: str = Field(min_length=1, max_length=100)
+    workflow: Text = Field(min_length=1, max_length=100)
     input: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     max_attempts: Optional[int] = Field(None, ge=1, le=100)
     timeout_s: Optional[float] = Field(None, gt=0, le=7 * 86400)
-    webhook_url: Optional[str] = Field(None, min_length=1, max_length=2048)
+    webhook_url: Optional[Text] = Field(None, min_length=1, max_length=2048)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    idempotency_key: Optional[str] = Field(None, min_length=1, max_length=200)
+    idempotency_key: Optional[IdempotencyKey] = None
 
 
 class CreateTasks(Strict):
@@ -100,7 +119,7 @@ class FetchResponse(BaseModel):
 
 
 class LeaseRequest(Strict):
-    lease_id: str = Field(min_length=1, max_length=100)
+    lease_id: Text = Field(min_length=1, max_length=100)
 
 
 class HeartbeatRequest(LeaseRequest):
@@ -117,7 +136,7 @@ class CompleteRequest(LeaseRequest):
 
 
 class CompleteItem(CompleteRequest):
-    task_id: str = Field(min_length=1, max_length=100)
+    task_id: Text = Field(min_length=1, max_length=100)
 
 
 class CompleteMany(Strict):
@@ -162,11 +181,11 @@ class ErrorBody(BaseModel):
 
 def parse_body(model: type[M], raw: bytes) -> M:
     """A JSON body as ``model``, with the errors FastAPI would give: a request validation
-    error whose locations start at ``body`` (malformed JSON is its ``json_invalid``)."""
+    error whose locations start at ``body``; the text itself is refused as parse_json does."""
     if not raw:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate(parse_json(raw))
     except ValidationError as exc:
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import subprocess
 import sys
 
@@ -9,6 +12,8 @@ import httpx
 import pytest
 
 from support import ROOT, free_port
+from task_api.auth import Authenticator
+from taskfleet.errors import ConfigError
 
 TOKENS = {"producer": "prod-secret", "consumer": "cons-secret", "admin": "admin-secret"}
 
@@ -77,11 +82,58 @@ def test_health_ready_open_metrics_token(api):
 
 def test_open_mode_refuses_a_non_loopback_bind(tmp_path):
     env = {"TASKFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TASKFLEET_STORAGE_URL": f"file://{tmp_path}"}
-    import os
-
     result = subprocess.run(
         [sys.executable, "-m", "task_api", "--host", "0.0.0.0", "--port", str(free_port())],
         env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0
     assert "refusing to run open" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["--host ''", "TASKFLEET_HOST="])
+def test_open_mode_refuses_an_empty_host(database_url, tmp_path, how):
+    """An empty host is every interface to uvicorn (0.0.0.0 and [::]), not loopback."""
+    env = {**os.environ, "TASKFLEET_DATABASE_URL": database_url, "TASKFLEET_STORAGE_URL": f"file://{tmp_path}"}
+    args = [sys.executable, "-m", "task_api", "--port", str(free_port())]
+    if how.startswith("--host"):
+        args += ["--host", ""]
+    else:
+        env["TASKFLEET_HOST"] = ""
+    with subprocess.Popen(args, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True) as api:
+        try:
+            _, stderr = api.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.communicate()
+            pytest.fail("the API started open on every interface")
+    assert api.returncode != 0
+    assert "refusing to run open" in stderr and "0.0.0.0" in stderr
+
+
+def resolving(monkeypatch, names: dict[str, list[str]]) -> None:
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in names[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("host,addresses", [
+    ("", ["0.0.0.0", "::"]),
+    ("api.internal", ["10.1.2.3"]),
+    ("dual.internal", ["127.0.0.1", "10.1.2.3"]),
+    ("nowhere.invalid", None),
+])  # fmt: skip
+def test_open_mode_decides_on_the_addresses_bound(monkeypatch, host, addresses):
+    resolving(monkeypatch, {None: ["0.0.0.0", "::"]} | ({host: addresses} if addresses else {}))
+    with pytest.raises(ConfigError, match="refusing to run open"):
+        Authenticator({}, host=host)
+
+
+def test_open_mode_on_a_loopback_name_says_what_it_binds(monkeypatch, caplog):
+    resolving(monkeypatch, {"localhost": ["127.0.0.1", "::1"]})
+    with caplog.at_level(logging.WARNING, logger="taskfleet.api.auth"):
+        assert Authenticator({}, host="localhost").open
+    assert "OPEN to anyone on localhost (127.0.0.1, ::1: loopback only)" in caplog.text
+    assert not Authenticator({"producer": ["t"]}, host="").open  # tokens: any bind is allowed

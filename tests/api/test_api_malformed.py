@@ -1,11 +1,6 @@
-"""Bad input gets a 4xx with a stable code, never a 5xx — by hand and by schemathesis."""
+"""Bad input gets a 4xx with a stable code, never a 5xx — by hand (the fuzzers are in test_api_fuzz)."""
 
 from __future__ import annotations
-
-import os
-import shutil
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -13,7 +8,6 @@ import pytest
 
 @pytest.fixture
 def api_env():
-    # Short waits so the fuzzer's long polls and /process calls come back quickly.
     return {"TASKFLEET_MAX_BODY_MB": "0.05", "TASKFLEET_MAX_INPUT_MB": "0.1", "TASKFLEET_REAP_INTERVAL_S": "0.5",
             "TASKFLEET_MAX_WAIT_S": "0.2", "TASKFLEET_MAX_PROCESS_WAIT_S": "0.2"}
 
@@ -73,13 +67,3 @@ def test_oversize_chunked_body_and_upload_are_cut_off(api):
         assert r.status_code == 201
         assert http.get(r.json()["url"].replace(api.url, "")).content == b"hello"
 
-
-def test_schemathesis_finds_no_server_error(api):
-    cli = shutil.which("schemathesis", path=os.path.dirname(sys.executable))
-    result = subprocess.run(
-        [cli, "run", f"{api.url}/openapi.json", "--checks", "not_a_server_error",
-         "--max-examples", "15", "--phases", "examples,coverage,fuzzing", "--generation-deterministic", "--request-timeout", "30",
-         "--suppress-health-check", "all"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
