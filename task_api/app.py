@@ -16,7 +16,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from task_api.auth import Authenticator
 from task_api.bodylimit import BodyLimitMiddleware
-from task_api.db import open_database
 from task_api.housekeeping import purge_forever, reap_forever
 from task_api.metrics import ApiMetrics
 from task_api.queue import Queue
@@ -25,6 +24,7 @@ from task_api.routes_ops import ops_router
 from task_api.routes_producer import producer_router
 from task_api.services import Services
 from task_api.settings import ApiSettings, split_csv
+from task_api.store import open_store
 from task_api.wakeup import Dispatcher
 from task_api.webhooks import WebhookSender
 from taskfleet.errors import TaskfleetError
@@ -68,12 +68,12 @@ def create_app(
 ) -> FastAPI:
     settings = settings or ApiSettings()
     auth = Authenticator(settings.token_sets, host=settings.host)
-    db = open_database(settings.database_url)
+    store = open_store(settings.database_url)
     dispatcher = Dispatcher()
     metrics = ApiMetrics()
     guard = UrlGuard.from_setting(split_csv(settings.url_allowlist))
     queue = Queue(
-        db,
+        store,
         dispatcher,
         lease_s=settings.lease_s,
         backoff_base_s=settings.backoff_base_s,
@@ -101,8 +101,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        await db.connect()
-        await db.listen(dispatcher.on_notify)
+        await store.connect()
+        await store.listen(dispatcher.on_notify)
         loops = [
             asyncio.create_task(reap_forever(queue, metrics, settings.reap_interval_s)),
             asyncio.create_task(
@@ -114,7 +114,7 @@ def create_app(
         # process: out of the collector's view, a full collection no longer walks it (a 50 ms
         # pause here, in the middle of some request's pickup).
         gc.freeze()
-        log.info("task API ready on %s (database: %s)", settings.base_url, db.dialect)
+        log.info("task API ready on %s (database: %s)", settings.base_url, store.dialect)
         try:
             yield
         finally:
@@ -123,7 +123,7 @@ def create_app(
             await asyncio.gather(*loops, return_exceptions=True)
             await webhooks.aclose()
             await queue.aclose()
-            await db.close()
+            await store.close()
 
     # FastAPI's OpenTelemetry hooks look for configured providers on every request (~15 µs);
     # this process exports Prometheus metrics and configures no OpenTelemetry provider.

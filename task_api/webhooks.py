@@ -17,7 +17,7 @@ import time
 
 import httpx
 
-from task_api import sql
+from task_api.store import sql
 from task_api.queue import Queue, task_json
 from taskfleet.errors import TaskfleetError
 from taskfleet.urlguard import UrlGuard
@@ -74,20 +74,18 @@ class WebhookSender:
 
     async def _next_at(self) -> float | None:
         try:
-            return await self.queue.db.fetchval(sql.NEXT_WEBHOOK_AT)
+            return await self.queue.store.fetchval(sql.NEXT_WEBHOOK_AT)
         except Exception:
             return None
 
     async def send_due(self) -> int:
-        db = self.queue.db
-        claim = sql.CLAIM_WEBHOOKS_SQLITE if db.dialect == "sqlite" else sql.CLAIM_WEBHOOKS_POSTGRES
-        due = await db.fetch(claim, {"now": time.time(), "inflight_s": self.timeout_s + 30, "limit": 20})
+        due = await self.queue.store.claim_webhooks({"now": time.time(), "inflight_s": self.timeout_s + 30, "limit": 20})
         if due:
             await asyncio.gather(*(self._deliver(d) for d in due))
         return len(due)
 
     async def _deliver(self, delivery: dict) -> None:
-        db = self.queue.db
+        db = self.queue.store
         row = await db.fetchrow(sql.SELECT_TASK, {"id": delivery["task_id"]})
         if row is None:
             await db.execute(sql.WEBHOOK_DELIVERED, {"id": delivery["id"]})

@@ -13,7 +13,7 @@ from test_api_group_commit import spec
 
 def record_statements(db) -> list[str]:
     seen: list[str] = []
-    # PostgresDB.fetchrow goes through its fetch; SqliteDB's are separate.
+    # PostgresStore.fetchrow goes through its fetch; SqliteStore's are separate.
     names = ("fetch", "execute") if db.dialect == "postgres" else ("fetch", "fetchrow", "execute", "executemany")
     for name in names:
         original = getattr(db, name)
