@@ -72,6 +72,13 @@ def create_app(
     dispatcher = Dispatcher()
     metrics = ApiMetrics()
     guard = UrlGuard.from_setting(split_csv(settings.url_allowlist))
+    webhooks = WebhookSender(
+        store,
+        secret=settings.webhook_secret,
+        retry_delays=settings.webhook_delays,
+        guard=guard,
+        timeout_s=settings.webhook_timeout_s,
+    )
     queue = Queue(
         store,
         dispatcher,
@@ -79,15 +86,8 @@ def create_app(
         backoff_base_s=settings.backoff_base_s,
         backoff_max_s=settings.backoff_max_s,
         on_finished=metrics.observe_finished,
+        on_webhook=webhooks.poke,
     )
-    webhooks = WebhookSender(
-        queue,
-        secret=settings.webhook_secret,
-        retry_delays=settings.webhook_delays,
-        guard=guard,
-        timeout_s=settings.webhook_timeout_s,
-    )
-    queue._on_webhook = webhooks.poke
     svc = Services(
         settings=settings,
         queue=queue,
