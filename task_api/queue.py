@@ -3,19 +3,17 @@
 It makes the decisions (retry backoff, which waiting fetch to wake or hand a task to, when to
 poke the webhook sender) and asks its store for the rows: the statements both dialects share
 by name from ``store/sql.py``, each state change whose shape differs by dialect through a
-``Store`` method. It also turns rows into the task JSON of the contract.
+``Store`` method.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import random
 import time
 import uuid
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 from task_api.store import Row, Store, sql
@@ -25,16 +23,6 @@ from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 SYNC_PRIORITY = 1_000_000  # /process runs before anything a producer can ask for
-JSON_COLUMNS = ("input", "output", "error", "progress", "metadata")
-
-
-@functools.lru_cache(maxsize=4096)
-def iso(ts: float | None) -> str | None:
-    # Cached: a task's timestamps repeat (created_at = updated_at at first; a claim or a batch
-    # shares one "now"), and formatting was ~3% of the API's CPU under load.
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def dumps(value: Any) -> str:
@@ -44,43 +32,6 @@ def dumps(value: Any) -> str:
 def request_hash(body: dict[str, Any]) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def task_json(row: Row) -> dict[str, Any]:
-    """A row as the contract's task object."""
-    return {
-        "task_id": row["id"],
-        "workflow": row["workflow"],
-        "status": row["status"],
-        "input": json.loads(row["input"]),
-        "output": json.loads(row["output"]) if row["output"] is not None else None,
-        "error": json.loads(row["error"]) if row["error"] is not None else None,
-        "progress": json.loads(row["progress"]),
-        "priority": row["priority"],
-        "attempts": row["attempts"],
-        "max_attempts": row["max_attempts"],
-        "timeout_s": row["timeout_s"],
-        "webhook_url": row["webhook_url"],
-        "metadata": json.loads(row["metadata"]),
-        "consumer_id": row["consumer_id"],
-        "cancel_requested": bool(row["cancel_requested"]),
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
-        "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]),
-    }
-
-
-def attempt_json(row: Row) -> dict[str, Any]:
-    return {
-        "lease_id": row["lease_id"],
-        "consumer_id": row["consumer_id"],
-        "host": row["host"],
-        "started_at": iso(row["started_at"]),
-        "ended_at": iso(row["ended_at"]),
-        "outcome": row["outcome"],
-        "error": json.loads(row["error"]) if row["error"] else None,
-    }
 
 
 def backoff_s(attempts_done: int, base_s: float, max_s: float) -> float:
@@ -248,8 +199,8 @@ class Queue:
             raise NotFound(f"no task {task_id!r}")
         return row
 
-    async def history(self, task_id: str) -> list[dict[str, Any]]:
-        return [attempt_json(r) for r in await self.store.fetch(sql.SELECT_ATTEMPTS, {"id": task_id})]
+    async def history(self, task_id: str) -> list[Row]:
+        return await self.store.fetch(sql.SELECT_ATTEMPTS, {"id": task_id})
 
     async def list(
         self, *, status: str | None, workflow: str | None, limit: int, cursor: str | None
@@ -345,6 +296,8 @@ class Queue:
         return LeaseLost(f"lease is no longer current for task {task_id} (task is {row['status']})")
 
     async def heartbeat(self, task_id: str, lease_id: str, progress: dict[str, Any] | None) -> dict[str, Any]:
+        """The lease's new expiry (now, where a waiting cancel ended it), whether a cancel
+        ended it, and the task's workflow."""
         now = time.time()
         params = {
             "id": task_id,
@@ -363,8 +316,8 @@ class Queue:
                 task_id, lease_id, outcome="cancelled", status="CANCELLED",
                 output=None, error={"code": "cancelled", "message": "cancelled while running"},
             )
-            return {"lease_expires_at": iso(now), "cancel_requested": True, "workflow": row["workflow"]}
-        return {"lease_expires_at": iso(row["lease_expires_at"]), "cancel_requested": False, "workflow": row["workflow"]}
+            return {"lease_expires_at": now, "cancel_requested": True, "workflow": row["workflow"]}
+        return {"lease_expires_at": row["lease_expires_at"], "cancel_requested": False, "workflow": row["workflow"]}
 
     def _finish_params(
         self,

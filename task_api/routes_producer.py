@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from task_api.queue import SYNC_PRIORITY, Queue, request_hash, task_json
+from task_api.queue import SYNC_PRIORITY, Queue, request_hash
 from task_api.schemas import (
     Accepted,
     CreateTask,
@@ -23,7 +23,9 @@ from task_api.schemas import (
     TaskBatch,
     TaskPage,
     TaskWithHistory,
+    attempt_json,
     parse_body,
+    task_json,
 )
 from task_api.services import Services
 from taskfleet.errors import BadRequest, PayloadTooLarge, TaskfleetError
@@ -109,7 +111,7 @@ def producer_router(svc: Services) -> APIRouter:
     @router.get("/api/tasks/{task_id}", response_model=TaskWithHistory)
     async def get_task(task_id: str) -> dict[str, Any]:
         row = await queue.get(task_id)
-        return {**task_json(row), "history": await queue.history(task_id)}
+        return {**task_json(row), "history": [attempt_json(r) for r in await queue.history(task_id)]}
 
     @router.get("/api/tasks", response_model=TaskPage)
     async def list_tasks(

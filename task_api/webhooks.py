@@ -17,7 +17,7 @@ import time
 
 import httpx
 
-from task_api.queue import task_json
+from task_api.schemas import task_json
 from task_api.store import Store, sql
 from taskfleet.errors import TaskfleetError
 from taskfleet.urlguard import UrlGuard
