@@ -53,7 +53,7 @@ class Queue:
         on_webhook: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
-        self.dispatcher = dispatcher
+        self._dispatcher = dispatcher
         self.lease_s = lease_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -65,10 +65,10 @@ class Queue:
     # Changes made here wake this process's waiters directly, on both backends; on Postgres
     # the NOTIFY trigger tells the other replicas (the store drops our own, see store/postgres.py).
     def _signal_pending(self, workflow: str, count: int = 1) -> None:
-        self.dispatcher.pending(workflow, count)
+        self._dispatcher.pending(workflow, count)
 
     def _signal_finished(self, row: Row) -> None:
-        self.dispatcher.finished(row["id"])
+        self._dispatcher.finished(row["id"])
         self._on_finished(row)
         if row.get("webhook_url"):
             self._on_webhook()
@@ -76,7 +76,7 @@ class Queue:
     def _signal_later(self, workflow: str, delay_s: float) -> None:
         # Backoff ends with no row change to NOTIFY about: wake our own waiters then (other
         # replicas pick it up on their periodic ready-check).
-        asyncio.get_running_loop().call_later(max(0.0, delay_s), self.dispatcher.pending, workflow, 1)
+        asyncio.get_running_loop().call_later(max(0.0, delay_s), self._dispatcher.pending, workflow, 1)
 
     # -- producer side ----------------------------------------------------------------------
     async def create(self, **spec: Any) -> tuple[Row, bool]:
@@ -128,7 +128,7 @@ class Queue:
         claimable for it when it last looked, so no older task is passed over.
 
         Returns the row for the create's answer, and whether it was handed over."""
-        waiter = self.dispatcher.take(p["workflow"])
+        waiter = self._dispatcher.take(p["workflow"])
         if waiter is None:
             # One statement is its own transaction on both backends: no BEGIN/COMMIT round trips.
             return await self.store.fetchrow(sql.INSERT_TASK, p), False
@@ -232,6 +232,25 @@ class Queue:
         self._signal_pending(row["workflow"])
         return row
 
+    async def wait_finished(self, task_id: str, wait_s: float) -> Row:
+        """Wait for a task to reach a terminal state, up to ``wait_s``; returns its latest row."""
+        deadline = time.monotonic() + wait_s
+        event = self._dispatcher.watch(task_id)
+        try:
+            while True:
+                row = await self.get(task_id)
+                remaining = deadline - time.monotonic()
+                if row["status"] in TERMINAL or remaining <= 0:
+                    return row
+                # The signal is the fast path; the periodic re-read covers a missed NOTIFY.
+                try:
+                    await asyncio.wait_for(event.wait(), min(remaining, 5.0))
+                except asyncio.TimeoutError:
+                    pass
+                event.clear()
+        finally:
+            self._dispatcher.unwatch(task_id, event)
+
     # -- consumer side -------------------------------------------------------------------------
     async def claim(
         self, workflows: Iterable[str] | None, *, consumer_id: str, host: str | None, limit: int
@@ -262,13 +281,13 @@ class Queue:
         names = frozenset(workflows or ()) or None
         deadline = time.monotonic() + wait_s
         while True:
-            waiter = self.dispatcher.register(Waiter(names, consumer_id, host, gone))
+            waiter = self._dispatcher.register(Waiter(names, consumer_id, host, gone))
             try:
                 rows = await self.claim(names, consumer_id=consumer_id, host=host, limit=limit)
                 if rows:
                     if waiter.is_woken or len(rows) == limit:
                         # We consumed a wake meant for someone, or there may be more: pass it on.
-                        self.dispatcher.pending(rows[-1]["workflow"])
+                        self._dispatcher.pending(rows[-1]["workflow"])
                     return rows
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -284,10 +303,10 @@ class Queue:
                     return [waiter.handed]
                 if gone is not None and gone():
                     # The consumer hung up: claim nothing for it, and hand the wake to another.
-                    self.dispatcher.pending(None)
+                    self._dispatcher.pending(None)
                     return []
             finally:
-                self.dispatcher.unregister(waiter)
+                self._dispatcher.unregister(waiter)
 
     async def _fenced_miss(self, task_id: str) -> LeaseLost:
         row = await self.store.fetchrow(sql.SELECT_TASK, {"id": task_id})
@@ -426,6 +445,13 @@ class Queue:
                     self._signal_finished(full)
         return moved
 
+    async def wake_ready(self) -> None:
+        """Wake parked fetches for claimable tasks no signal announced: a backoff that ended,
+        a lost NOTIFY."""
+        if self._dispatcher.waiting:
+            for workflow in await self.ready_workflows():
+                self._dispatcher.pending(workflow)
+
     async def ready_workflows(self) -> list[str]:
         return [r["workflow"] for r in await self.store.fetch(sql.READY_WORKFLOWS, {"now": time.time()})]
 
@@ -438,6 +464,10 @@ class Queue:
             if n < 1000:
                 return total
             await asyncio.sleep(0)  # let requests through between batches
+
+    async def ping(self) -> None:
+        """Raises unless the database answers."""
+        await self.store.ping()
 
     async def stats(self) -> dict[str, Any]:
         counts = await self.store.fetch(sql.COUNT_BY_WORKFLOW_STATUS)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from typing import Any, Optional
 
@@ -150,7 +148,7 @@ def producer_router(svc: Services) -> APIRouter:
         row, _ = await submit(
             CreateTask(workflow=workflow.name, input=fields), notify_done=True, priority=SYNC_PRIORITY
         )
-        row = await wait_finished(queue, row["id"], wait_s)
+        row = await queue.wait_finished(row["id"], wait_s)
         task_id = row["id"]
         if row["status"] == "COMPLETED":
             return JSONResponse(task_json(row)["output"])
@@ -189,23 +187,3 @@ def _safe_name(filename: str) -> str:
     if not name:
         raise BadRequest("file name is empty after cleaning", code="invalid_filename")
     return name
-
-
-async def wait_finished(queue: Queue, task_id: str, wait_s: float) -> dict:
-    """Wait for a task to reach a terminal state, up to ``wait_s``; returns its latest row."""
-    deadline = time.monotonic() + wait_s
-    event = queue.dispatcher.watch(task_id)
-    try:
-        while True:
-            row = await queue.get(task_id)
-            remaining = deadline - time.monotonic()
-            if row["status"] in ("COMPLETED", "FAILED", "CANCELLED") or remaining <= 0:
-                return row
-            # The signal is the fast path; the periodic re-read covers a missed NOTIFY.
-            try:
-                await asyncio.wait_for(event.wait(), min(remaining, 5.0))
-            except asyncio.TimeoutError:
-                pass
-            event.clear()
-    finally:
-        queue.dispatcher.unwatch(task_id, event)
