@@ -27,7 +27,7 @@ from task_api.settings import ApiSettings, split_csv
 from task_api.store import open_store
 from task_api.wakeup import Dispatcher
 from task_api.webhooks import WebhookSender
-from taskfleet.errors import TaskfleetError
+from taskfleet.errors import TaskfleetError, error_body
 from taskfleet.urlguard import UrlGuard
 from taskfleet.workflows import WorkflowRegistry
 
@@ -47,9 +47,7 @@ HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": {"code": code, "message": message}}
-    if details is not None:
-        body["error"]["details"] = details
+    body = error_body(code, message, details)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(jsonable_encoder(body, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}), status_code=status, headers=headers)
 

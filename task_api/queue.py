@@ -20,8 +20,8 @@ from task_api.store import Row, Store, sql
 from task_api.wakeup import Dispatcher, Waiter
 from taskfleet.coalesce import Coalescer
 from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound
+from taskfleet.states import TERMINAL
 
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 SYNC_PRIORITY = 1_000_000  # /process runs before anything a producer can ask for
 
 

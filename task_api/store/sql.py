@@ -20,7 +20,11 @@ from __future__ import annotations
 import functools
 import re
 
-TERMINAL = "('COMPLETED', 'FAILED', 'CANCELLED')"
+from taskfleet.states import TERMINAL as TERMINAL_STATUSES
+from taskfleet.states import TaskStatus
+
+# The terminal statuses as an SQL list, in the enum's order: ('COMPLETED', 'FAILED', 'CANCELLED').
+TERMINAL = "(" + ", ".join(f"'{status}'" for status in TaskStatus if status in TERMINAL_STATUSES) + ")"
 TASK_COLUMNS = (
     "seq, id, workflow, status, input, output, error, progress, priority, attempts, max_attempts, "
     "timeout_s, webhook_url, metadata, idempotency_key, request_hash, consumer_id, lease_id, "
@@ -250,10 +254,10 @@ RETURNING {TASK_COLUMNS}
 END_ATTEMPT_SQLITE = """
 UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error WHERE lease_id = :lease_id
 """
-ENQUEUE_WEBHOOK_SQLITE = """
+ENQUEUE_WEBHOOK_SQLITE = f"""
 INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
 SELECT id, webhook_url, :now, :now FROM tasks
-WHERE id = :id AND webhook_url IS NOT NULL AND status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+WHERE id = :id AND webhook_url IS NOT NULL AND status IN {TERMINAL}
 """
 
 FINISH_POSTGRES = f"""
