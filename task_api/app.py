@@ -16,7 +16,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from task_api.auth import Authenticator
 from task_api.bodylimit import BodyLimitMiddleware
-from task_api.db import open_database
 from task_api.housekeeping import purge_forever, reap_forever
 from task_api.metrics import ApiMetrics
 from task_api.queue import Queue
@@ -25,9 +24,10 @@ from task_api.routes_ops import ops_router
 from task_api.routes_producer import producer_router
 from task_api.services import Services
 from task_api.settings import ApiSettings, split_csv
+from task_api.store import open_store
 from task_api.wakeup import Dispatcher
 from task_api.webhooks import WebhookSender
-from taskfleet.errors import TaskfleetError
+from taskfleet.errors import TaskfleetError, error_body
 from taskfleet.urlguard import UrlGuard
 from taskfleet.workflows import WorkflowRegistry
 
@@ -47,9 +47,7 @@ HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": {"code": code, "message": message}}
-    if details is not None:
-        body["error"]["details"] = details
+    body = error_body(code, message, details)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(jsonable_encoder(body, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}), status_code=status, headers=headers)
 
@@ -68,26 +66,26 @@ def create_app(
 ) -> FastAPI:
     settings = settings or ApiSettings()
     auth = Authenticator(settings.token_sets, host=settings.host)
-    db = open_database(settings.database_url)
+    store = open_store(settings.database_url)
     dispatcher = Dispatcher()
     metrics = ApiMetrics()
     guard = UrlGuard.from_setting(split_csv(settings.url_allowlist))
-    queue = Queue(
-        db,
-        dispatcher,
-        lease_s=settings.lease_s,
-        backoff_base_s=settings.backoff_base_s,
-        backoff_max_s=settings.backoff_max_s,
-        on_finished=metrics.observe_finished,
-    )
     webhooks = WebhookSender(
-        queue,
+        store,
         secret=settings.webhook_secret,
         retry_delays=settings.webhook_delays,
         guard=guard,
         timeout_s=settings.webhook_timeout_s,
     )
-    queue._on_webhook = webhooks.poke
+    queue = Queue(
+        store,
+        dispatcher,
+        lease_s=settings.lease_s,
+        backoff_base_s=settings.backoff_base_s,
+        backoff_max_s=settings.backoff_max_s,
+        on_finished=metrics.observe_finished,
+        on_webhook=webhooks.poke,
+    )
     svc = Services(
         settings=settings,
         queue=queue,
@@ -101,8 +99,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        await db.connect()
-        await db.listen(dispatcher.on_notify)
+        await store.connect()
+        await store.listen(dispatcher.on_notify)
         loops = [
             asyncio.create_task(reap_forever(queue, metrics, settings.reap_interval_s)),
             asyncio.create_task(
@@ -114,7 +112,7 @@ def create_app(
         # process: out of the collector's view, a full collection no longer walks it (a 50 ms
         # pause here, in the middle of some request's pickup).
         gc.freeze()
-        log.info("task API ready on %s (database: %s)", settings.base_url, db.dialect)
+        log.info("task API ready on %s (database: %s)", settings.base_url, store.dialect)
         try:
             yield
         finally:
@@ -123,7 +121,7 @@ def create_app(
             await asyncio.gather(*loops, return_exceptions=True)
             await webhooks.aclose()
             await queue.aclose()
-            await db.close()
+            await store.close()
 
     # FastAPI's OpenTelemetry hooks look for configured providers on every request (~15 µs);
     # this process exports Prometheus metrics and configures no OpenTelemetry provider.

@@ -10,6 +10,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from taskfleet.errors import error_body
+
 
 class _TooLarge(Exception):
     pass
@@ -70,7 +72,7 @@ class BodyLimitMiddleware:
 
 
 async def _reject(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = json.dumps(error_body(code, message)).encode()
     await send({
         "type": "http.response.start",
         "status": status,

@@ -21,10 +21,7 @@ async def reap_forever(queue: Queue, metrics: ApiMetrics, interval_s: float) -> 
             for row in await queue.expire():
                 outcome = "timed_out" if '"timed_out"' in (row.get("error") or "") else "lease_expired"
                 metrics.attempts.labels(row["workflow"], outcome).inc()
-            if queue.dispatcher.waiting:
-                # Catches what no signal announced: a backoff that ended, a lost NOTIFY.
-                for workflow in await queue.ready_workflows():
-                    queue.dispatcher.pending(workflow)
+            await queue.wake_ready()
         except Exception:
             log.exception("reaper pass failed")
         await asyncio.sleep(interval_s)

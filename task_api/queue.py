@@ -1,39 +1,28 @@
 """The queue: every task operation, on either backend, through one manager.
 
-The statements live in ``sql.py``; this module decides which to run, turns rows into the
-task JSON of the contract, computes retry backoff, and signals waiting fetches.
+It makes the decisions (retry backoff, which waiting fetch to wake or hand a task to, when to
+poke the webhook sender) and asks its store for the rows: the statements both dialects share
+by name from ``store/sql.py``, each state change whose shape differs by dialect through a
+``Store`` method.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import random
 import time
 import uuid
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from task_api import sql
-from task_api.db import PostgresDB, Row, SqliteDB
+from task_api.store import Row, Store, sql
 from task_api.wakeup import Dispatcher, Waiter
 from taskfleet.coalesce import Coalescer
 from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound
+from taskfleet.states import TERMINAL
 
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 SYNC_PRIORITY = 1_000_000  # /process runs before anything a producer can ask for
-JSON_COLUMNS = ("input", "output", "error", "progress", "metadata")
-
-
-@functools.lru_cache(maxsize=4096)
-def iso(ts: float | None) -> str | None:
-    # Cached: a task's timestamps repeat (created_at = updated_at at first; a claim or a batch
-    # shares one "now"), and formatting was ~3% of the API's CPU under load.
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def dumps(value: Any) -> str:
@@ -47,43 +36,6 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def task_json(row: Row) -> dict[str, Any]:
-    """A row as the contract's task object."""
-    return {
-        "task_id": row["id"],
-        "workflow": row["workflow"],
-        "status": row["status"],
-        "input": json.loads(row["input"]),
-        "output": json.loads(row["output"]) if row["output"] is not None else None,
-        "error": json.loads(row["error"]) if row["error"] is not None else None,
-        "progress": json.loads(row["progress"]),
-        "priority": row["priority"],
-        "attempts": row["attempts"],
-        "max_attempts": row["max_attempts"],
-        "timeout_s": row["timeout_s"],
-        "webhook_url": row["webhook_url"],
-        "metadata": json.loads(row["metadata"]),
-        "consumer_id": row["consumer_id"],
-        "cancel_requested": bool(row["cancel_requested"]),
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
-        "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]),
-    }
-
-
-def attempt_json(row: Row) -> dict[str, Any]:
-    return {
-        "lease_id": row["lease_id"],
-        "consumer_id": row["consumer_id"],
-        "host": row["host"],
-        "started_at": iso(row["started_at"]),
-        "ended_at": iso(row["ended_at"]),
-        "outcome": row["outcome"],
-        "error": json.loads(row["error"]) if row["error"] else None,
-    }
-
-
 def backoff_s(attempts_done: int, base_s: float, max_s: float) -> float:
     """Exponential backoff with full jitter in its upper half: base·2ⁿ, capped, × U(0.5, 1)."""
     ceiling = min(max_s, base_s * (2 ** max(0, attempts_done - 1)))
@@ -93,7 +45,7 @@ def backoff_s(attempts_done: int, base_s: float, max_s: float) -> float:
 class Queue:
     def __init__(
         self,
-        db: SqliteDB | PostgresDB,
+        store: Store,
         dispatcher: Dispatcher,
         *,
         lease_s: float = 60.0,
@@ -102,24 +54,23 @@ class Queue:
         on_finished: Callable[[Row], None] | None = None,
         on_webhook: Callable[[], None] | None = None,
     ) -> None:
-        self.db = db
-        self.dispatcher = dispatcher
+        self.store = store
+        self._dispatcher = dispatcher
         self.lease_s = lease_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
-        self._sqlite = db.dialect == "sqlite"
         self._on_finished = on_finished or (lambda row: None)
         self._on_webhook = on_webhook or (lambda: None)
         self._creates: Coalescer[dict[str, Any], tuple[Row, bool]] = Coalescer(self._create_together)
 
     # -- signals ------------------------------------------------------------------------------
     # Changes made here wake this process's waiters directly, on both backends; on Postgres
-    # the NOTIFY trigger tells the other replicas (the database ignores our own, see db.py).
+    # the NOTIFY trigger tells the other replicas (the store drops our own, see store/postgres.py).
     def _signal_pending(self, workflow: str, count: int = 1) -> None:
-        self.dispatcher.pending(workflow, count)
+        self._dispatcher.pending(workflow, count)
 
     def _signal_finished(self, row: Row) -> None:
-        self.dispatcher.finished(row["id"])
+        self._dispatcher.finished(row["id"])
         self._on_finished(row)
         if row.get("webhook_url"):
             self._on_webhook()
@@ -127,7 +78,7 @@ class Queue:
     def _signal_later(self, workflow: str, delay_s: float) -> None:
         # Backoff ends with no row change to NOTIFY about: wake our own waiters then (other
         # replicas pick it up on their periodic ready-check).
-        asyncio.get_running_loop().call_later(max(0.0, delay_s), self.dispatcher.pending, workflow, 1)
+        asyncio.get_running_loop().call_later(max(0.0, delay_s), self._dispatcher.pending, workflow, 1)
 
     # -- producer side ----------------------------------------------------------------------
     async def create(self, **spec: Any) -> tuple[Row, bool]:
@@ -147,8 +98,8 @@ class Queue:
         webhook_url, metadata, idempotency_key, body_hash and optionally notify_done."""
         now = time.time()
         params = [self._insert_params(spec, now) for spec in specs]
-        async with self.db.transaction() as tx:
-            inserted = await self._insert(tx, params)
+        async with self.store.transaction() as tx:
+            inserted = await tx.insert_tasks(params)
             results = [await self._existing_or_new(tx, p, row) for p, row in zip(params, inserted)]
         self._signal_created(results)
         return results
@@ -160,15 +111,12 @@ class Queue:
         if len(params) == 1:
             row, handed = await self._insert_one(params[0])
             inserted = [row]
-        elif self._sqlite:
-            async with self.db.transaction() as tx:
-                inserted = await self._insert(tx, params)
         else:
-            inserted = await self._insert(self.db, params)  # one statement: atomic by itself
+            inserted = await self.store.insert_tasks_together(params)
         results: list[tuple[Row, bool] | Exception] = []
         for p, row in zip(params, inserted):
             try:
-                results.append(await self._existing_or_new(self.db, p, row))
+                results.append(await self._existing_or_new(self.store, p, row))
             except Conflict as exc:
                 results.append(exc)
         if not handed:  # a handed task is already leased: nobody else needs waking for it
@@ -182,33 +130,22 @@ class Queue:
         claimable for it when it last looked, so no older task is passed over.
 
         Returns the row for the create's answer, and whether it was handed over."""
-        waiter = self.dispatcher.take(p["workflow"])
+        waiter = self._dispatcher.take(p["workflow"])
         if waiter is None:
             # One statement is its own transaction on both backends: no BEGIN/COMMIT round trips.
-            return await self.db.fetchrow(sql.INSERT_TASK, p), False
+            return await self.store.fetchrow(sql.INSERT_TASK, p), False
         leased = {**p, "lease_id": uuid.uuid4().hex, "consumer_id": waiter.consumer_id, "host": waiter.host,
                   "lease_s": self.lease_s}  # fmt: skip
         try:
-            if self._sqlite:
-                async with self.db.transaction() as tx:
-                    row = await tx.fetchrow(sql.INSERT_LEASED_TASK, leased)
-                    if row is not None:
-                        await tx.execute(sql.INSERT_ATTEMPT_SQLITE, {**leased, "task_id": p["id"]})
-            else:
-                row = await self.db.fetchrow(sql.INSERT_LEASED_TASK_POSTGRES, leased)
+            # The fetch gets the row as soon as its consumer may use it; this returns once the
+            # task is as durable as any create (the store knows when that is on its database).
+            row = await self.store.insert_leased_task(leased, waiter.hand)
         except BaseException:
-            waiter.wake()  # it claims for itself instead
+            waiter.wake()  # it claims for itself instead (nothing happens if it was handed the row)
             raise
         if row is None:  # the idempotency key was taken: nothing new to hand over
             waiter.wake()
             return None, False
-        waiter.hand(row)
-        if not self._sqlite:
-            # The insert committed without waiting for its WAL flush, so the consumer has the
-            # task now; the producer hears of it once it is flushed (the fetch's answer is
-            # written meanwhile). Should Postgres crash first, the create fails (nothing
-            # accepted is lost) and the consumer's lease on the vanished task is fenced.
-            await self.db.execute(sql.FLUSH_WAL_POSTGRES)
         # The producer's answer shows the task as it was accepted, PENDING, as every create
         # answers (the contract's create shape); a read a moment later shows it PROCESSING, as
         # it would after any fast claim.
@@ -233,17 +170,8 @@ class Queue:
             "now": now,
         }
 
-    async def _insert(self, db: SqliteDB | PostgresDB, params: list[dict[str, Any]]) -> list[Row | None]:
-        """Each task's new row, or None where its idempotency key was already taken."""
-        if self._sqlite:  # in-process: a statement per row costs no round trip
-            return [await db.fetchrow(sql.INSERT_TASK, p) for p in params]
-        columns = {f"{name}_list": [p[name] for p in params] for name in sql.INSERT_TASKS_COLUMNS}
-        rows = await db.fetch(sql.INSERT_TASKS_PG, {**columns, "now": params[0]["now"]})
-        by_id = {row["id"]: row for row in rows}
-        return [by_id.get(p["id"]) for p in params]
-
     @staticmethod
-    async def _existing_or_new(db: SqliteDB | PostgresDB, p: dict[str, Any], row: Row | None) -> tuple[Row, bool]:
+    async def _existing_or_new(db: Store, p: dict[str, Any], row: Row | None) -> tuple[Row, bool]:
         if row is not None:
             return row, True
         existing = await db.fetchrow(sql.SELECT_BY_IDEMPOTENCY_KEY, {"key": p["idempotency_key"]})
@@ -268,13 +196,13 @@ class Queue:
             self._signal_pending(workflow, count)
 
     async def get(self, task_id: str) -> Row:
-        row = await self.db.fetchrow(sql.SELECT_TASK, {"id": task_id})
+        row = await self.store.fetchrow(sql.SELECT_TASK, {"id": task_id})
         if row is None:
             raise NotFound(f"no task {task_id!r}")
         return row
 
-    async def history(self, task_id: str) -> list[dict[str, Any]]:
-        return [attempt_json(r) for r in await self.db.fetch(sql.SELECT_ATTEMPTS, {"id": task_id})]
+    async def history(self, task_id: str) -> list[Row]:
+        return await self.store.fetch(sql.SELECT_ATTEMPTS, {"id": task_id})
 
     async def list(
         self, *, status: str | None, workflow: str | None, limit: int, cursor: str | None
@@ -283,22 +211,14 @@ class Queue:
             after = int(cursor) if cursor else None
         except ValueError:
             raise BadRequest("cursor is not one this API issued", code="invalid_cursor") from None
-        query = sql.LIST_TASKS_SQLITE if self._sqlite else sql.LIST_TASKS_POSTGRES
-        rows = await self.db.fetch(
-            query, {"status": status, "workflow": workflow, "cursor": after, "limit": limit + 1}
+        rows = await self.store.fetch(
+            sql.LIST_TASKS, {"status": status, "workflow": workflow, "cursor": after, "limit": limit + 1}
         )
         next_cursor = str(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return rows[:limit], next_cursor
 
     async def cancel(self, task_id: str) -> Row:
-        params = {"id": task_id, "now": time.time()}
-        if self._sqlite:
-            async with self.db.transaction() as tx:
-                row = await tx.fetchrow(sql.CANCEL_SQLITE, params)
-                if row is not None and row["status"] == "CANCELLED":
-                    await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
-        else:
-            row = await self.db.fetchrow(sql.CANCEL_POSTGRES, params)
+        row = await self.store.cancel({"id": task_id, "now": time.time()})
         if row is None:
             current = await self.get(task_id)
             raise Conflict(f"task is {current['status']} and cannot be cancelled", code="invalid_state")
@@ -307,39 +227,46 @@ class Queue:
         return row
 
     async def retry(self, task_id: str) -> Row:
-        row = await self.db.fetchrow(sql.RETRY, {"id": task_id, "now": time.time()})
+        row = await self.store.fetchrow(sql.RETRY, {"id": task_id, "now": time.time()})
         if row is None:
             current = await self.get(task_id)
             raise Conflict(f"task is {current['status']}; only FAILED or CANCELLED tasks can be retried", code="invalid_state")
         self._signal_pending(row["workflow"])
         return row
 
+    async def wait_finished(self, task_id: str, wait_s: float) -> Row:
+        """Wait for a task to reach a terminal state, up to ``wait_s``; returns its latest row."""
+        deadline = time.monotonic() + wait_s
+        event = self._dispatcher.watch(task_id)
+        try:
+            while True:
+                row = await self.get(task_id)
+                remaining = deadline - time.monotonic()
+                if row["status"] in TERMINAL or remaining <= 0:
+                    return row
+                # The signal is the fast path; the periodic re-read covers a missed NOTIFY.
+                try:
+                    await asyncio.wait_for(event.wait(), min(remaining, 5.0))
+                except asyncio.TimeoutError:
+                    pass
+                event.clear()
+        finally:
+            self._dispatcher.unwatch(task_id, event)
+
     # -- consumer side -------------------------------------------------------------------------
     async def claim(
         self, workflows: Iterable[str] | None, *, consumer_id: str, host: str | None, limit: int
     ) -> list[Row]:
         names = sorted(set(workflows or ()))
-        now = time.time()
         params = {
-            "now": now,
+            "now": time.time(),
             "lease_s": self.lease_s,
             "consumer_id": consumer_id,
             "host": host,
             "limit": limit,
             "any_workflow": not names,
         }
-        if self._sqlite:
-            params["workflows"] = dumps(names)
-            async with self.db.transaction() as tx:
-                rows = await tx.fetch(sql.CLAIM_SQLITE, params)
-                await tx.executemany(
-                    sql.INSERT_ATTEMPT_SQLITE,
-                    ({"lease_id": r["lease_id"], "task_id": r["id"], "consumer_id": consumer_id, "host": host, "now": now} for r in rows),
-                )
-            rows.sort(key=lambda r: (-r["priority"], r["seq"]))
-            return rows
-        params["workflows"] = names
-        return await self.db.fetch(sql.CLAIM_POSTGRES, params)
+        return await self.store.claim(params, names)
 
     async def fetch(
         self,
@@ -356,13 +283,13 @@ class Queue:
         names = frozenset(workflows or ()) or None
         deadline = time.monotonic() + wait_s
         while True:
-            waiter = self.dispatcher.register(Waiter(names, consumer_id, host, gone))
+            waiter = self._dispatcher.register(Waiter(names, consumer_id, host, gone))
             try:
                 rows = await self.claim(names, consumer_id=consumer_id, host=host, limit=limit)
                 if rows:
                     if waiter.is_woken or len(rows) == limit:
                         # We consumed a wake meant for someone, or there may be more: pass it on.
-                        self.dispatcher.pending(rows[-1]["workflow"])
+                        self._dispatcher.pending(rows[-1]["workflow"])
                     return rows
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -378,18 +305,20 @@ class Queue:
                     return [waiter.handed]
                 if gone is not None and gone():
                     # The consumer hung up: claim nothing for it, and hand the wake to another.
-                    self.dispatcher.pending(None)
+                    self._dispatcher.pending(None)
                     return []
             finally:
-                self.dispatcher.unregister(waiter)
+                self._dispatcher.unregister(waiter)
 
     async def _fenced_miss(self, task_id: str) -> LeaseLost:
-        row = await self.db.fetchrow(sql.SELECT_TASK, {"id": task_id})
+        row = await self.store.fetchrow(sql.SELECT_TASK, {"id": task_id})
         if row is None:
             raise NotFound(f"no task {task_id!r}")
         return LeaseLost(f"lease is no longer current for task {task_id} (task is {row['status']})")
 
     async def heartbeat(self, task_id: str, lease_id: str, progress: dict[str, Any] | None) -> dict[str, Any]:
+        """The lease's new expiry (now, where a waiting cancel ended it), whether a cancel
+        ended it, and the task's workflow."""
         now = time.time()
         params = {
             "id": task_id,
@@ -398,7 +327,7 @@ class Queue:
             "lease_s": self.lease_s,
             "progress": dumps(progress) if progress is not None else None,
         }
-        row = await self.db.fetchrow(sql.HEARTBEAT, params)
+        row = await self.store.fetchrow(sql.HEARTBEAT, params)
         if row is None:
             raise await self._fenced_miss(task_id)
         if row["cancel_requested"]:
@@ -408,8 +337,8 @@ class Queue:
                 task_id, lease_id, outcome="cancelled", status="CANCELLED",
                 output=None, error={"code": "cancelled", "message": "cancelled while running"},
             )
-            return {"lease_expires_at": iso(now), "cancel_requested": True, "workflow": row["workflow"]}
-        return {"lease_expires_at": iso(row["lease_expires_at"]), "cancel_requested": False, "workflow": row["workflow"]}
+            return {"lease_expires_at": now, "cancel_requested": True, "workflow": row["workflow"]}
+        return {"lease_expires_at": row["lease_expires_at"], "cancel_requested": False, "workflow": row["workflow"]}
 
     def _finish_params(
         self,
@@ -432,21 +361,9 @@ class Queue:
             "status": status,
             "output": dumps(output) if output is not None else None,
             "error": dumps(error) if error is not None else None,
-            "retryable": int(retryable) if self._sqlite else retryable,
+            "retryable": retryable,
             "not_before": not_before if not_before is not None else now,
         }
-
-    async def _finish_on(self, conn: SqliteDB | PostgresDB, params: dict[str, Any]) -> Row | None:
-        """End one lease on ``conn`` (inside the caller's transaction on SQLite)."""
-        if not self._sqlite:
-            return await conn.fetchrow(sql.FINISH_POSTGRES, params)
-        row = await conn.fetchrow(sql.FINISH_SQLITE, params)
-        if row is None:
-            return None
-        await conn.execute(sql.END_ATTEMPT_SQLITE, params)
-        if row["webhook_url"] is not None and row["status"] in TERMINAL:
-            await conn.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
-        return row
 
     def _after_finish(self, row: Row, params: dict[str, Any]) -> None:
         if row["status"] in TERMINAL:
@@ -456,11 +373,7 @@ class Queue:
 
     async def _finish(self, task_id: str, lease_id: str, **kwargs: Any) -> Row:
         params = self._finish_params(task_id, lease_id, **kwargs)
-        if self._sqlite:
-            async with self.db.transaction() as tx:
-                row = await self._finish_on(tx, params)
-        else:
-            row = await self._finish_on(self.db, params)
+        row = await self.store.finish(params)
         if row is None:
             raise await self._fenced_miss(task_id)
         self._after_finish(row, params)
@@ -473,11 +386,7 @@ class Queue:
             self._finish_params(task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None)
             for task_id, lease_id, output in items
         ]
-        if self._sqlite:
-            async with self.db.transaction() as tx:
-                rows = [await self._finish_on(tx, params) for params in all_params]
-        else:  # one statement for the lot: one round trip, not one per item
-            rows = await self._complete_all_postgres(all_params)
+        rows = await self.store.complete_many(all_params)
         results: list[Row | Exception] = []
         for params, row in zip(all_params, rows):
             if row is None:
@@ -489,15 +398,6 @@ class Queue:
             self._after_finish(row, params)
             results.append(row)
         return results
-
-    async def _complete_all_postgres(self, all_params: list[dict[str, Any]]) -> list[Row | None]:
-        if not all_params:
-            return []
-        columns = {f"{name}_list": [p[name] for p in all_params] for name in ("id", "lease_id", "output")}
-        found = await self.db.fetch(sql.COMPLETE_MANY_POSTGRES, {**columns, "now": all_params[0]["now"]})
-        by_lease = {row.pop("fenced_lease_id"): row for row in found}
-        # A lease listed twice ends once: its first item gets the row, a repeat is fenced.
-        return [by_lease.pop(p["lease_id"], None) for p in all_params]
 
     async def complete(self, task_id: str, lease_id: str, output: Any) -> Row:
         return await self._finish(task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None)
@@ -513,7 +413,7 @@ class Queue:
     ) -> Row:
         not_before = None
         if retryable:
-            current = await self.db.fetchrow(sql.SELECT_TASK, {"id": task_id})
+            current = await self.store.fetchrow(sql.SELECT_TASK, {"id": task_id})
             done = (current["attempts"] if current else 0) + 1
             delay = retry_after_s if retry_after_s is not None else backoff_s(done, self.backoff_base_s, self.backoff_max_s)
             not_before = time.time() + delay
@@ -523,15 +423,9 @@ class Queue:
         )
 
     async def release(self, task_id: str, lease_id: str) -> Row:
-        params = {"id": task_id, "lease_id": lease_id, "now": time.time(), "outcome": "released", "error": None}
-        if self._sqlite:
-            async with self.db.transaction() as tx:
-                row = await tx.fetchrow(sql.RELEASE_SQLITE, params)
-                if row is not None:
-                    await tx.execute(sql.END_ATTEMPT_SQLITE, params)
-                    await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
-        else:
-            row = await self.db.fetchrow(sql.RELEASE_POSTGRES, params)
+        row = await self.store.release(
+            {"id": task_id, "lease_id": lease_id, "now": time.time(), "outcome": "released", "error": None}
+        )
         if row is None:
             raise await self._fenced_miss(task_id)
         if row["status"] == "PENDING":
@@ -543,46 +437,43 @@ class Queue:
     # -- housekeeping -----------------------------------------------------------------------
     async def expire(self) -> list[Row]:
         """End every lease past its expiry or its attempt's timeout; returns the moved tasks."""
-        now = time.time()
-        if self._sqlite:
-            moved: list[Row] = []
-            async with self.db.transaction() as tx:
-                for due in await tx.fetch(sql.SELECT_EXPIRED_SQLITE, {"now": now}):
-                    params = {"id": due["id"], "lease_id": due["lease_id"], "now": now}
-                    row = await tx.fetchrow(sql.EXPIRE_ONE_SQLITE, params)
-                    if row is None:
-                        continue
-                    params.update(outcome=due["outcome"], error=row["error"])
-                    await tx.execute(sql.END_ATTEMPT_SQLITE, params)
-                    await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
-                    moved.append(row)
-        else:
-            moved = await self.db.fetch(sql.EXPIRE_POSTGRES, {"now": now})
+        moved = await self.store.expire(time.time())
         for row in moved:
             if row["status"] == "PENDING":
                 self._signal_pending(row["workflow"])
             else:
-                full = await self.db.fetchrow(sql.SELECT_TASK, {"id": row["id"]})
+                full = await self.store.fetchrow(sql.SELECT_TASK, {"id": row["id"]})
                 if full is not None:
                     self._signal_finished(full)
         return moved
 
+    async def wake_ready(self) -> None:
+        """Wake parked fetches for claimable tasks no signal announced: a backoff that ended,
+        a lost NOTIFY."""
+        if self._dispatcher.waiting:
+            for workflow in await self.ready_workflows():
+                self._dispatcher.pending(workflow)
+
     async def ready_workflows(self) -> list[str]:
-        return [r["workflow"] for r in await self.db.fetch(sql.READY_WORKFLOWS, {"now": time.time()})]
+        return [r["workflow"] for r in await self.store.fetch(sql.READY_WORKFLOWS, {"now": time.time()})]
 
     async def purge_finished(self, older_than_s: float) -> int:
         cutoff = time.time() - older_than_s
         total = 0
         while True:
-            n = await self.db.execute(sql.PURGE_FINISHED, {"cutoff": cutoff})
+            n = await self.store.execute(sql.PURGE_FINISHED, {"cutoff": cutoff})
             total += n
             if n < 1000:
                 return total
             await asyncio.sleep(0)  # let requests through between batches
 
+    async def ping(self) -> None:
+        """Raises unless the database answers."""
+        await self.store.ping()
+
     async def stats(self) -> dict[str, Any]:
-        counts = await self.db.fetch(sql.COUNT_BY_WORKFLOW_STATUS)
-        oldest = await self.db.fetchval(sql.OLDEST_PENDING)
+        counts = await self.store.fetch(sql.COUNT_BY_WORKFLOW_STATUS)
+        oldest = await self.store.fetchval(sql.OLDEST_PENDING)
         return {
             "counts": [(r["workflow"], r["status"], r["n"]) for r in counts],
             "oldest_pending_age_s": (time.time() - oldest) if oldest else 0.0,

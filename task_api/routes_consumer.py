@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from task_api.body import JsonBodyRoute
-from task_api.queue import Queue, iso, task_json
+from task_api.queue import Queue
 from task_api.routes_producer import ERRORS
 from task_api.schemas import (
     CompleteMany,
@@ -27,6 +27,8 @@ from task_api.schemas import (
     LeaseRequest,
     StatusResponse,
     Text,
+    iso,
+    task_json,
 )
 from task_api.services import Services
 from taskfleet.errors import TaskfleetError
@@ -109,10 +111,9 @@ def consumer_router(svc: Services) -> APIRouter:
     async def heartbeat(task_id: Text, body: HeartbeatRequest) -> JSONResponse:
         progress = body.progress.model_dump() if body.progress is not None else None
         result = await queue.heartbeat(task_id, body.lease_id, progress)
-        workflow = result.pop("workflow")
         if result["cancel_requested"]:
-            attempts.labels(workflow, "cancelled").inc()
-        return JSONResponse(result)
+            attempts.labels(result["workflow"], "cancelled").inc()
+        return JSONResponse({"lease_expires_at": iso(result["lease_expires_at"]), "cancel_requested": result["cancel_requested"]})
 
     @router.post("/api/comm/task/{task_id}/complete", response_model=StatusResponse)
     async def complete(task_id: Text, body: CompleteRequest) -> JSONResponse:

@@ -22,7 +22,7 @@ def ops_router(svc: Services) -> APIRouter:
     @router.get("/ready", responses={503: {"description": "database unreachable"}})
     async def ready() -> JSONResponse:
         try:
-            await svc.queue.db.ping()
+            await svc.queue.ping()
         except Exception as exc:
             raise Unavailable(f"database unreachable: {exc}", code="database_unavailable") from None
         return JSONResponse({"status": "ready"})

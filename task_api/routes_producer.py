@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from typing import Any, Optional
 
@@ -13,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from task_api.body import JsonBodyRoute
-from task_api.queue import SYNC_PRIORITY, Queue, request_hash, task_json
+from task_api.queue import SYNC_PRIORITY, Queue, request_hash
 from task_api.schemas import (
     IDEMPOTENCY_KEY,
     Accepted,
@@ -27,7 +25,9 @@ from task_api.schemas import (
     TaskPage,
     TaskWithHistory,
     Text,
+    attempt_json,
     parse_body,
+    task_json,
 )
 from task_api.services import Services
 from taskfleet.errors import BadRequest, PayloadTooLarge, TaskfleetError
@@ -114,7 +114,7 @@ def producer_router(svc: Services) -> APIRouter:
     @router.get("/api/tasks/{task_id}", response_model=TaskWithHistory)
     async def get_task(task_id: Text) -> dict[str, Any]:
         row = await queue.get(task_id)
-        return {**task_json(row), "history": await queue.history(task_id)}
+        return {**task_json(row), "history": [attempt_json(r) for r in await queue.history(task_id)]}
 
     @router.get("/api/tasks", response_model=TaskPage)
     async def list_tasks(
@@ -153,7 +153,7 @@ def producer_router(svc: Services) -> APIRouter:
         row, _ = await submit(
             CreateTask(workflow=workflow.name, input=fields), notify_done=True, priority=SYNC_PRIORITY
         )
-        row = await wait_finished(queue, row["id"], wait_s)
+        row = await queue.wait_finished(row["id"], wait_s)
         task_id = row["id"]
         if row["status"] == "COMPLETED":
             return JSONResponse(task_json(row)["output"])
@@ -192,23 +192,3 @@ def _safe_name(filename: str) -> str:
     if not name:
         raise BadRequest("file name is empty after cleaning", code="invalid_filename")
     return name
-
-
-async def wait_finished(queue: Queue, task_id: str, wait_s: float) -> dict:
-    """Wait for a task to reach a terminal state, up to ``wait_s``; returns its latest row."""
-    deadline = time.monotonic() + wait_s
-    event = queue.dispatcher.watch(task_id)
-    try:
-        while True:
-            row = await queue.get(task_id)
-            remaining = deadline - time.monotonic()
-            if row["status"] in ("COMPLETED", "FAILED", "CANCELLED") or remaining <= 0:
-                return row
-            # The signal is the fast path; the periodic re-read covers a missed NOTIFY.
-            try:
-                await asyncio.wait_for(event.wait(), min(remaining, 5.0))
-            except asyncio.TimeoutError:
-                pass
-            event.clear()
-    finally:
-        queue.dispatcher.unwatch(task_id, event)

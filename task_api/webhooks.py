@@ -17,8 +17,8 @@ import time
 
 import httpx
 
-from task_api import sql
-from task_api.queue import Queue, task_json
+from task_api.schemas import task_json
+from task_api.store import Store, sql
 from taskfleet.errors import TaskfleetError
 from taskfleet.urlguard import UrlGuard
 
@@ -32,7 +32,7 @@ def sign(secret: str, body: bytes) -> str:
 class WebhookSender:
     def __init__(
         self,
-        queue: Queue,
+        store: Store,
         *,
         secret: str,
         retry_delays: list[float],
@@ -40,7 +40,7 @@ class WebhookSender:
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.queue = queue
+        self.store = store
         self.secret = secret
         self.delays = retry_delays  # len(delays) retries after the first try
         self.timeout_s = timeout_s
@@ -74,20 +74,18 @@ class WebhookSender:
 
     async def _next_at(self) -> float | None:
         try:
-            return await self.queue.db.fetchval(sql.NEXT_WEBHOOK_AT)
+            return await self.store.fetchval(sql.NEXT_WEBHOOK_AT)
         except Exception:
             return None
 
     async def send_due(self) -> int:
-        db = self.queue.db
-        claim = sql.CLAIM_WEBHOOKS_SQLITE if db.dialect == "sqlite" else sql.CLAIM_WEBHOOKS_POSTGRES
-        due = await db.fetch(claim, {"now": time.time(), "inflight_s": self.timeout_s + 30, "limit": 20})
+        due = await self.store.claim_webhooks({"now": time.time(), "inflight_s": self.timeout_s + 30, "limit": 20})
         if due:
             await asyncio.gather(*(self._deliver(d) for d in due))
         return len(due)
 
     async def _deliver(self, delivery: dict) -> None:
-        db = self.queue.db
+        db = self.store
         row = await db.fetchrow(sql.SELECT_TASK, {"id": delivery["task_id"]})
         if row is None:
             await db.execute(sql.WEBHOOK_DELIVERED, {"id": delivery["id"]})

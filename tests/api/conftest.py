@@ -7,7 +7,7 @@ import contextlib
 import pytest
 
 from support import api_process, postgres_database
-from task_api.db import PostgresDB, SqliteDB
+from task_api.store import PostgresStore, SqliteStore, Store
 from taskfleet.client import ConsumerClient, ProducerClient
 
 
@@ -46,7 +46,7 @@ async def consumer(api):
 
 
 @contextlib.asynccontextmanager
-async def connected(database: SqliteDB | PostgresDB):
+async def connected(database: Store):
     await database.connect()
     try:
         yield database
@@ -58,11 +58,11 @@ async def connected(database: SqliteDB | PostgresDB):
 async def queue_db(request, tmp_path):
     """A connected database of either backend, for tests that drive the queue in-process."""
     if request.param == "sqlite":
-        async with connected(SqliteDB(f"sqlite:///{tmp_path / 'tasks.db'}")) as database:
+        async with connected(SqliteStore(f"sqlite:///{tmp_path / 'tasks.db'}")) as database:
             yield database
         return
     with postgres_database() as url:
-        async with connected(PostgresDB(url)) as database:
+        async with connected(PostgresStore(url)) as database:
             yield database
 
 
@@ -70,5 +70,5 @@ async def queue_db(request, tmp_path):
 async def postgres_db():
     """The real Postgres alone, for what only that backend does."""
     with postgres_database() as url:
-        async with connected(PostgresDB(url)) as database:
+        async with connected(PostgresStore(url)) as database:
             yield database

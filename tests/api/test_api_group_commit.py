@@ -19,7 +19,7 @@ def spec(data, key=None):
 def count_inserts(db) -> list[int]:
     """Wraps the database's statement calls; returns the rows each task INSERT carried."""
     seen: list[int] = []
-    # PostgresDB.fetchrow goes through its fetch; SqliteDB's two are separate.
+    # PostgresStore.fetchrow goes through its fetch; SqliteStore's two are separate.
     for name in ("fetch",) if db.dialect == "postgres" else ("fetch", "fetchrow"):
         original = getattr(db, name)
 

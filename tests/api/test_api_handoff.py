@@ -13,7 +13,7 @@ from test_api_group_commit import spec
 
 def record_statements(db) -> list[str]:
     seen: list[str] = []
-    # PostgresDB.fetchrow goes through its fetch; SqliteDB's are separate.
+    # PostgresStore.fetchrow goes through its fetch; SqliteStore's are separate.
     names = ("fetch", "execute") if db.dialect == "postgres" else ("fetch", "fetchrow", "execute", "executemany")
     for name in names:
         original = getattr(db, name)
@@ -26,19 +26,20 @@ def record_statements(db) -> list[str]:
     return seen
 
 
-async def parked_fetch(queue: Queue, consumer_id: str) -> asyncio.Task:
+async def parked_fetch(queue: Queue, dispatcher: Dispatcher, consumer_id: str) -> asyncio.Task:
     fetch = asyncio.create_task(queue.fetch(["echo"], consumer_id=consumer_id, host="h1", limit=5, wait_s=10))
     for _ in range(100):  # until it has looked, found nothing and parked
         await asyncio.sleep(0.01)
-        if any(w.parked_at is not None for w in queue.dispatcher._waiters):
+        if any(w.parked_at is not None for w in dispatcher._waiters):
             await asyncio.sleep(2 * HANDOFF_AFTER_S)  # parked long enough to be handed a task
             return fetch
     raise AssertionError("the fetch never parked")
 
 
 async def test_a_create_is_handed_to_the_parked_fetch(queue_db):
-    queue = Queue(queue_db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
-    fetch = await parked_fetch(queue, "waiting")
+    dispatcher = Dispatcher()
+    queue = Queue(queue_db, dispatcher, lease_s=30, backoff_base_s=1, backoff_max_s=10)
+    fetch = await parked_fetch(queue, dispatcher, "waiting")
     statements = record_statements(queue_db)
     row, created = await queue.create(**spec("handed"))
     [got] = await asyncio.wait_for(fetch, 5)
@@ -58,9 +59,10 @@ async def test_a_create_is_handed_to_the_parked_fetch(queue_db):
 async def test_a_fetch_that_only_just_parked_is_woken_to_claim_instead(queue_db, monkeypatch):
     """In a busy stretch the woken fetch's claim takes everything created meanwhile at once."""
     monkeypatch.setattr(wakeup, "HANDOFF_AFTER_S", 60.0)  # "just parked", however slow the machine
-    queue = Queue(queue_db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
+    dispatcher = Dispatcher()
+    queue = Queue(queue_db, dispatcher, lease_s=30, backoff_base_s=1, backoff_max_s=10)
     fetch = asyncio.create_task(queue.fetch(["echo"], consumer_id="busy", host=None, limit=5, wait_s=10))
-    while not any(w.parked_at is not None for w in queue.dispatcher._waiters):
+    while not any(w.parked_at is not None for w in dispatcher._waiters):
         await asyncio.sleep(0)
     statements = record_statements(queue_db)
     row, _ = await queue.create(**spec("claimed"))
@@ -71,12 +73,13 @@ async def test_a_fetch_that_only_just_parked_is_woken_to_claim_instead(queue_db,
 
 
 async def test_a_repeated_idempotency_key_hands_nothing_and_the_fetch_keeps_waiting(queue_db):
-    queue = Queue(queue_db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
+    dispatcher = Dispatcher()
+    queue = Queue(queue_db, dispatcher, lease_s=30, backoff_base_s=1, backoff_max_s=10)
     first, _ = await queue.create(**spec("once", key="k"))
     [leased] = await queue.fetch(["echo"], consumer_id="a", host=None, limit=1, wait_s=0)
     assert leased["id"] == first["id"]
 
-    fetch = await parked_fetch(queue, "b")
+    fetch = await parked_fetch(queue, dispatcher, "b")
     again, created = await queue.create(**spec("once", key="k"))
     assert again["id"] == first["id"] and not created
     await asyncio.sleep(0.1)
@@ -102,8 +105,9 @@ async def test_on_postgres_the_handed_task_is_flushed_before_the_create_answers(
     """The hand-off's insert commits without waiting for its WAL flush, so the consumer has it
     sooner; the producer's answer still waits until the task is on disk. (SQLite commits in
     process; its durability is the SIGKILL test's.)"""
-    queue = Queue(postgres_db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
-    fetch = await parked_fetch(queue, "waiting")
+    dispatcher = Dispatcher()
+    queue = Queue(postgres_db, dispatcher, lease_s=30, backoff_base_s=1, backoff_max_s=10)
+    fetch = await parked_fetch(queue, dispatcher, "waiting")
     row, created = await queue.create(**spec("durable"))
     flushed = await postgres_db.fetchrow("SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() AS ok")
     [got] = await asyncio.wait_for(fetch, 5)

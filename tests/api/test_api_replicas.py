@@ -40,14 +40,14 @@ async def test_own_changes_wake_in_process_and_own_notifies_are_ignored():
     caused; a change made by anyone else still arrives through LISTEN."""
     import asyncpg
 
-    from task_api.db import PostgresDB
+    from task_api.store import PostgresStore
     from task_api.queue import Queue
     from task_api.wakeup import Dispatcher
 
     spec = {"workflow": "echo", "input": {}, "priority": 0, "max_attempts": 3, "timeout_s": 60,
             "webhook_url": None, "metadata": {}, "idempotency_key": None, "body_hash": None}  # fmt: skip
     with postgres_database() as url:
-        db = PostgresDB(url)
+        db = PostgresStore(url)
         await db.connect()
         heard: list[tuple[str, str]] = []
         await db.listen(lambda channel, payload: heard.append((channel, payload)))

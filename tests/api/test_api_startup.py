@@ -15,7 +15,7 @@ async def test_start_brings_an_empty_database_up_and_freezes_what_it_built(tmp_p
         async with app.router.lifespan_context(app):
             # What start built is kept out of every later collection's walk.
             assert gc.get_freeze_count() > 10_000
-            db = app.state.services.queue.db
+            db = app.state.services.queue.store
             assert await db.fetchval("SELECT count(*) FROM tasks") == 0  # migrated, empty
     finally:
         gc.unfreeze()

@@ -11,7 +11,8 @@ Two invariants hold across all of them:
 Parameters are written ``:name`` for both dialects; ``postgres()`` rewrites them to ``$n``.
 SQLite runs on one connection in the API's event loop thread, so each multi-statement
 operation there is one ``BEGIN IMMEDIATE`` transaction; Postgres gets single statements with
-data-modifying CTEs, one round trip each.
+data-modifying CTEs, one round trip each. A ``_SQLITE`` / ``_POSTGRES`` pair is run by
+``sqlite.py`` / ``postgres.py``; a statement without a suffix serves both.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from __future__ import annotations
 import functools
 import re
 
-TERMINAL = "('COMPLETED', 'FAILED', 'CANCELLED')"
+from taskfleet.states import TERMINAL as TERMINAL_STATUSES
+from taskfleet.states import TaskStatus
+
+# The terminal statuses as an SQL list, in the enum's order: ('COMPLETED', 'FAILED', 'CANCELLED').
+TERMINAL = "(" + ", ".join(f"'{status}'" for status in TaskStatus if status in TERMINAL_STATUSES) + ")"
 TASK_COLUMNS = (
     "seq, id, workflow, status, input, output, error, progress, priority, attempts, max_attempts, "
     "timeout_s, webhook_url, metadata, idempotency_key, request_hash, consumer_id, lease_id, "
@@ -37,7 +42,7 @@ PG_TYPES = {
     "retryable": "boolean", "any_workflow": "boolean", "give_up": "boolean",
     "workflows": "text[]", "status": "text", "workflow": "text", "outcome": "text",
     "output": "text", "error": "text", "progress": "text",
-    # INSERT_TASKS_PG's columns, one array each
+    # INSERT_TASKS_POSTGRES's columns, one array each
     "id_list": "text[]", "workflow_list": "text[]", "input_list": "text[]", "priority_list": "int[]",
     "max_attempts_list": "int[]", "timeout_s_list": "float8[]", "webhook_url_list": "text[]",
     "metadata_list": "text[]", "idempotency_key_list": "text[]", "request_hash_list": "text[]",
@@ -88,7 +93,7 @@ VALUES (:id, :workflow, 'PROCESSING', :input, :priority, :max_attempts, :timeout
         :lease_id, :consumer_id, :now + :lease_s, :now + :timeout_s, :now)
 ON CONFLICT (idempotency_key) DO NOTHING
 """
-INSERT_LEASED_TASK = f"{_INSERT_LEASED} RETURNING {TASK_COLUMNS}"
+INSERT_LEASED_TASK_SQLITE = f"{_INSERT_LEASED} RETURNING {TASK_COLUMNS}"
 INSERT_LEASED_TASK_POSTGRES = f"""
 WITH no_flush_wait AS (
     -- Visible to the consumer it is handed to before its WAL flush; the create answers its
@@ -117,7 +122,7 @@ INSERT_TASKS_COLUMNS = (
     "id", "workflow", "input", "priority", "max_attempts", "timeout_s", "webhook_url",
     "metadata", "idempotency_key", "request_hash", "notify_done",
 )
-INSERT_TASKS_PG = f"""
+INSERT_TASKS_POSTGRES = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
                    created_at, updated_at)
@@ -141,14 +146,7 @@ FROM attempts WHERE task_id = :id ORDER BY started_at, lease_id
 """
 
 # Newest first; the cursor is the last seen seq.
-LIST_TASKS_SQLITE = f"""
-SELECT {TASK_COLUMNS} FROM tasks
-WHERE (:status IS NULL OR status = :status)
-  AND (:workflow IS NULL OR workflow = :workflow)
-  AND (:cursor IS NULL OR seq < :cursor)
-ORDER BY seq DESC LIMIT :limit
-"""
-LIST_TASKS_POSTGRES = f"""
+LIST_TASKS = f"""
 SELECT {TASK_COLUMNS} FROM tasks
 WHERE (:status IS NULL OR status = :status)
   AND (:workflow IS NULL OR workflow = :workflow)
@@ -256,10 +254,10 @@ RETURNING {TASK_COLUMNS}
 END_ATTEMPT_SQLITE = """
 UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error WHERE lease_id = :lease_id
 """
-ENQUEUE_WEBHOOK_SQLITE = """
+ENQUEUE_WEBHOOK_SQLITE = f"""
 INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
 SELECT id, webhook_url, :now, :now FROM tasks
-WHERE id = :id AND webhook_url IS NOT NULL AND status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+WHERE id = :id AND webhook_url IS NOT NULL AND status IN {TERMINAL}
 """
 
 FINISH_POSTGRES = f"""

@@ -1,0 +1,124 @@
+"""The ``Store`` interface: what the queue and the webhook sender ask of a database.
+
+A store is a connection (SQLite's one, or a Postgres pool) with plain statement calls for the
+statements both dialects share, and one method for each state change whose shape differs:
+SQLite runs several statements in one ``BEGIN IMMEDIATE`` transaction on the event loop's
+thread, Postgres one statement with data-modifying CTEs, one round trip. The statements are in
+``sql.py``; the decisions (backoff, wake-ups, webhook pokes) stay with the caller.
+"""
+
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractAsyncContextManager
+from importlib import resources
+from typing import Any, Callable, Iterable
+
+Row = dict[str, Any]
+Listener = Callable[[str, str], None]  # (channel, payload)
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    folder = resources.files("task_api") / "migrations" / dialect
+    found = []
+    for item in folder.iterdir():
+        if item.name.endswith(".sql"):
+            found.append((int(item.name.split("_", 1)[0]), item.read_text()))
+    return sorted(found)
+
+
+class Store(abc.ABC):
+    """Parameters are the ``:name`` dicts of ``sql.py``, built by the caller."""
+
+    dialect: str
+
+    # -- connection -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the connection(s) and bring the schema up to date."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def listen(self, listener: Listener) -> None:
+        """Call ``listener(channel, payload)`` for changes other processes made. The triggers
+        NOTIFY ``taskfleet_pending`` (a workflow's task became claimable) and ``taskfleet_done``
+        (a task finished); the caller has already signalled the changes it made itself."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None: ...
+
+    # -- statements both dialects share ---------------------------------------------------------
+    @abc.abstractmethod
+    async def fetch(self, query: str, params: dict[str, Any] | None = None) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def fetchrow(self, query: str, params: dict[str, Any] | None = None) -> Row | None: ...
+
+    @abc.abstractmethod
+    async def fetchval(self, query: str, params: dict[str, Any] | None = None) -> Any: ...
+
+    @abc.abstractmethod
+    async def execute(self, query: str, params: dict[str, Any] | None = None) -> int:
+        """Run a statement; the number of rows it touched."""
+
+    @abc.abstractmethod
+    async def executemany(self, query: str, rows: Iterable[dict[str, Any]]) -> None: ...
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Store]:
+        """The statements run on the store it yields commit together, or not at all."""
+
+    # -- state changes, one shape per dialect -----------------------------------------------
+    @abc.abstractmethod
+    async def insert_tasks(self, params: list[dict[str, Any]]) -> list[Row | None]:
+        """Insert PENDING tasks on this store (inside the caller's transaction, if any): each
+        task's new row, or None where its idempotency key was already taken."""
+
+    @abc.abstractmethod
+    async def insert_tasks_together(self, params: list[dict[str, Any]]) -> list[Row | None]:
+        """As ``insert_tasks``, all in one commit (group commit); a taken key skips its own
+        row only."""
+
+    @abc.abstractmethod
+    async def insert_leased_task(self, params: dict[str, Any], hand: Callable[[Row], None]) -> Row | None:
+        """Insert a task already leased to ``params["consumer_id"]``, with its attempt, as a
+        claim would have left it. ``hand(row)`` is called as soon as the consumer may use the
+        row; the call returns once the task is as durable as any create. None (and no hand)
+        where the idempotency key was taken."""
+
+    @abc.abstractmethod
+    async def claim(self, params: dict[str, Any], workflows: list[str]) -> list[Row]:
+        """Lease up to ``params["limit"]`` claimable tasks of ``workflows`` (all, where
+        ``params["any_workflow"]``) and record each attempt; highest priority, oldest first."""
+
+    @abc.abstractmethod
+    async def finish(self, params: dict[str, Any]) -> Row | None:
+        """End one lease (complete, fail, cancel at heartbeat) under the fence: the task's new
+        row, its attempt ended and its webhook queued if it is now terminal; None if fenced."""
+
+    @abc.abstractmethod
+    async def complete_many(self, all_params: list[dict[str, Any]]) -> list[Row | None]:
+        """``finish`` for several completions in one commit, each under its own fence: a row
+        per item, None for one fenced off (a lease listed twice ends once)."""
+
+    @abc.abstractmethod
+    async def cancel(self, params: dict[str, Any]) -> Row | None:
+        """PENDING → CANCELLED (webhook queued), PROCESSING → cancel requested; None for a
+        task in any other state."""
+
+    @abc.abstractmethod
+    async def release(self, params: dict[str, Any]) -> Row | None:
+        """Give a lease back without counting the attempt (CANCELLED if a cancel was waiting);
+        None if fenced."""
+
+    @abc.abstractmethod
+    async def expire(self, now: float) -> list[Row]:
+        """End leases past their expiry or their attempt's timeout (a batch of them): the moved
+        tasks' id, workflow, status and error."""
+
+    @abc.abstractmethod
+    async def claim_webhooks(self, params: dict[str, Any]) -> list[Row]:
+        """Take up to ``params["limit"]`` due webhook deliveries, pushing their next_at past
+        ``params["inflight_s"]`` so no other sender takes them meanwhile."""

@@ -1,0 +1,202 @@
+"""The Postgres store: an asyncpg pool, and one extra connection that LISTENs for wake-ups.
+
+Each state change is one statement (data-modifying CTEs where SQLite needs several), so one
+round trip and one commit; row locks and ``SKIP LOCKED`` keep API replicas sharing the
+database from taking the same rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Callable, Iterable
+
+import asyncpg
+
+from task_api.store import sql
+from task_api.store.base import Listener, Row, Store, migrations
+
+log = logging.getLogger("taskfleet.api.db")
+
+
+class PostgresStore(Store):
+    dialect = "postgres"
+    MIGRATION_LOCK = 7_244_311_901  # advisory lock key: replicas starting together migrate once
+
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10) -> None:
+        self.url = url.replace("postgresql+asyncpg://", "postgresql://")
+        self._pool: asyncpg.Pool | None = None
+        self._min, self._max = min_size, max_size
+        self._listen_conn: asyncpg.Connection | None = None
+        self._listener: Listener | None = None
+        self._conn: asyncpg.Connection | None = None  # set inside transaction()
+        self._reconnect_task: asyncio.Task | None = None
+        # Server PIDs of our pool's connections: NOTIFYs they caused were already signalled
+        # in-process by the queue, which saves the round trip through the LISTEN connection.
+        self._own_pids: set[int] = set()
+
+    async def connect(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=self._min, max_size=self._max, init=self._remember_backend, reset=_keep_session
+        )
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", self.MIGRATION_LOCK)
+            try:
+                await self._migrate(conn)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", self.MIGRATION_LOCK)
+
+    async def _remember_backend(self, conn: asyncpg.Connection) -> None:
+        self._own_pids.add(conn.get_server_pid())
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+        done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, text in migrations(self.dialect):
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(text)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            log.info("postgres schema migrated to version %s", version)
+
+    async def close(self) -> None:
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        if self._listen_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._listen_conn.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+    def _args(self, query: str, params: dict[str, Any] | None) -> tuple[str, list[Any]]:
+        text, names = sql.postgres(query)
+        params = params or {}
+        return text, [params[n] for n in names]
+
+    async def fetch(self, query: str, params: dict[str, Any] | None = None) -> list[Row]:
+        text, args = self._args(query, params)
+        if self._conn is not None:
+            return [dict(r) for r in await self._conn.fetch(text, *args)]
+        return [dict(r) for r in await self._pool.fetch(text, *args)]
+
+    async def fetchrow(self, query: str, params: dict[str, Any] | None = None) -> Row | None:
+        rows = await self.fetch(query, params)
+        return rows[0] if rows else None
+
+    async def fetchval(self, query: str, params: dict[str, Any] | None = None) -> Any:
+        text, args = self._args(query, params)
+        return await (self._conn or self._pool).fetchval(text, *args)
+
+    async def execute(self, query: str, params: dict[str, Any] | None = None) -> int:
+        text, args = self._args(query, params)
+        status = await (self._conn or self._pool).execute(text, *args)
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def executemany(self, query: str, rows: Iterable[dict[str, Any]]) -> None:
+        text, names = sql.postgres(query)
+        await (self._conn or self._pool).executemany(text, [[r[n] for n in names] for r in rows])
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator["PostgresStore"]:
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                bound = PostgresStore.__new__(PostgresStore)
+                bound.__dict__.update(self.__dict__)
+                bound._conn = conn
+                yield bound
+
+    async def listen(self, listener: Listener) -> None:
+        self._listener = listener
+        await self._open_listener()
+
+    async def _open_listener(self) -> None:
+        conn = await asyncpg.connect(self.url)
+
+        def forward(_conn: Any, pid: int, channel: str, payload: str) -> None:
+            if pid not in self._own_pids:  # another replica's change (ours woke our waiters already)
+                self._listener(channel, payload)
+
+        for channel in ("taskfleet_pending", "taskfleet_done"):
+            await conn.add_listener(channel, forward)
+        conn.add_termination_listener(lambda _c: self._on_listener_lost())
+        self._listen_conn = conn
+
+    def _on_listener_lost(self) -> None:
+        # Wake-ups are an optimisation (the reaper's timer re-checks), but get them back.
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._open_listener()
+                log.info("LISTEN connection re-established")
+                self._listener("taskfleet_pending", "")
+                return
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("LISTEN reconnect failed: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")
+
+    # -- state changes: each one statement, one round trip -------------------------------------
+    async def insert_tasks(self, params: list[dict[str, Any]]) -> list[Row | None]:
+        columns = {f"{name}_list": [p[name] for p in params] for name in sql.INSERT_TASKS_COLUMNS}
+        rows = await self.fetch(sql.INSERT_TASKS_POSTGRES, {**columns, "now": params[0]["now"]})
+        by_id = {row["id"]: row for row in rows}
+        return [by_id.get(p["id"]) for p in params]
+
+    insert_tasks_together = insert_tasks  # one statement: atomic, and one commit, by itself
+
+    async def insert_leased_task(self, params: dict[str, Any], hand: Callable[[Row], None]) -> Row | None:
+        row = await self.fetchrow(sql.INSERT_LEASED_TASK_POSTGRES, params)
+        if row is not None:
+            hand(row)
+            # The insert committed without waiting for its WAL flush, so the consumer has the
+            # task now; the producer hears of it once it is flushed (the fetch's answer is
+            # written meanwhile). Should Postgres crash first, the create fails (nothing
+            # accepted is lost) and the consumer's lease on the vanished task is fenced.
+            await self.execute(sql.FLUSH_WAL_POSTGRES)
+        return row
+
+    async def claim(self, params: dict[str, Any], workflows: list[str]) -> list[Row]:
+        params["workflows"] = workflows
+        return await self.fetch(sql.CLAIM_POSTGRES, params)
+
+    async def finish(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.FINISH_POSTGRES, params)
+
+    async def complete_many(self, all_params: list[dict[str, Any]]) -> list[Row | None]:
+        # One statement for the lot: one round trip, not one per item.
+        if not all_params:
+            return []
+        columns = {f"{name}_list": [p[name] for p in all_params] for name in ("id", "lease_id", "output")}
+        found = await self.fetch(sql.COMPLETE_MANY_POSTGRES, {**columns, "now": all_params[0]["now"]})
+        by_lease = {row.pop("fenced_lease_id"): row for row in found}
+        # A lease listed twice ends once: its first item gets the row, a repeat is fenced.
+        return [by_lease.pop(p["lease_id"], None) for p in all_params]
+
+    async def cancel(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.CANCEL_POSTGRES, params)
+
+    async def release(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.RELEASE_POSTGRES, params)
+
+    async def expire(self, now: float) -> list[Row]:
+        return await self.fetch(sql.EXPIRE_POSTGRES, {"now": now})
+
+    async def claim_webhooks(self, params: dict[str, Any]) -> list[Row]:
+        return await self.fetch(sql.CLAIM_WEBHOOKS_POSTGRES, params)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset (advisory unlock, CLOSE ALL, UNLISTEN *, RESET ALL),
+    a second round trip on every pooled query. Our pool connections never change session state:
+    LISTEN has its own connection, the migration lock is released explicitly, and asyncpg still
+    rolls back a transaction left open before calling this."""
