@@ -202,7 +202,7 @@ def test_a_part_file_of_another_file_is_dropped_not_resumed_forever(served, tmp_
 
 
 def test_a_file_of_another_size_than_pinned_is_refused_before_it_downloads(served, tmp_path, capsys):
-    url, root, requests = served
+    url, _, _ = served
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"inswapper_128_fp16": {"url": f"{url}/swapper.onnx", "sha256": "0" * 64, "size": 5}}))
     models = tmp_path / "models"
@@ -210,6 +210,7 @@ def test_a_file_of_another_size_than_pinned_is_refused_before_it_downloads(serve
                          "--only", "inswapper_128_fp16"]) == 1  # fmt: skip
     assert f"offers {len(SWAPPER)} bytes, the pinned file has 5" in capsys.readouterr().err
     assert not (models / "inswapper_128_fp16.onnx").exists()
+    assert not list(models.glob(".*.part"))  # refused on the headers: no body was written
 
 
 def test_installed_assets_are_not_fetched_again(served, tmp_path, capsys):
