@@ -1,4 +1,4 @@
-"""Helpers for the face-swap tests: clips made by ffmpeg, stream inspection, live servers, a client."""
+"""Helpers for the face-swap tests: clips made by ffmpeg, stream inspection, a client, engine doubles."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from model_servers.face_swap.settings import FaceSwapSettings
 
@@ -45,35 +44,6 @@ def stream_types(tools, path: Path) -> list[str]:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
-
-
-class LiveServer:
-    """A real uvicorn serving an app on a loopback port, in a thread of this process."""
-
-    def __init__(self, app, *, wait_loaded: bool = True) -> None:
-        self.wait_loaded = wait_loaded
-        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        while self.wait_loaded and httpx.get(self.url + "/health", trust_env=False).json()["status"] == "loading":
-            if time.monotonic() > deadline:
-                raise RuntimeError("models did not load")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def settings_for(models_dir: Path, **kw) -> FaceSwapSettings:

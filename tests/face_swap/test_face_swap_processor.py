@@ -136,8 +136,9 @@ async def test_a_cancel_stops_the_server_side_job(tmp_path, storage, photos, cli
     import httpx
 
     from consumer.errors import TaskCancelled
-    from face_swap_helpers import GateEngine, LiveServer, settings_for
+    from face_swap_helpers import GateEngine, settings_for
     from model_servers.face_swap.app import create_app
+    from support import LiveServer
 
     engine = GateEngine(frame_s=0.05)  # 50 frames: 2.5 s if nobody stops it
     settings = settings_for(tmp_path / "models", progress_every_frames=2, batch_frames=2)

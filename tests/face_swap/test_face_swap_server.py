@@ -9,9 +9,10 @@ import httpx
 import pytest
 
 import face_swap_tiny
-from face_swap_helpers import LiveServer, count_frames, post_process, settings_for, stream_types
+from face_swap_helpers import count_frames, post_process, settings_for, stream_types
 from model_servers.face_swap.app import create_app
 from model_servers.face_swap.media import probe_video
+from support import LiveServer
 
 
 def test_lite_image_swap_in_requested_formats(lite_server, photos):

@@ -7,8 +7,9 @@ import time
 
 import httpx
 
-from face_swap_helpers import GateEngine, LiveServer, post_process, settings_for
+from face_swap_helpers import GateEngine, post_process, settings_for
 from model_servers.face_swap.app import create_app
+from support import LiveServer
 
 
 def health(url):
