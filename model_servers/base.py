@@ -1,7 +1,8 @@
-"""What every model server shares: the /health shape, the GPU slot limit, settings, error bodies.
+"""What every model server shares: /health and /ready, the GPU slot limit, settings, error bodies.
 
 A server whose models are missing still starts, reports ``unhealthy`` with the reason, and
-answers its work routes 503, so an orchestrator can see why instead of watching a crash loop.
+answers its work routes and ``/ready`` 503, so an orchestrator can see why instead of watching a
+crash loop. Every error, the framework's 404/405/422 included, has the API's ``{"error": ...}`` shape.
 """
 
 from __future__ import annotations
@@ -15,8 +16,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from taskfleet.errors import TaskfleetError, Unavailable
+from taskfleet.errors import TaskfleetError, Unavailable, error_body
+
+# The framework's own refusals, under the codes the task API uses for the same statuses.
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 class ModelServerSettings(BaseSettings):
@@ -98,12 +109,23 @@ class ModelState:
         )
 
 
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+
+
 def install_common(app: FastAPI, state: ModelState) -> None:
-    """Add /health and the contract's error shape to a model server app."""
+    """Add /health, /ready and the contract's error shape to a model server app."""
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         return state.health()
+
+    @app.get("/ready", response_model=Ready, responses={503: {"description": "loading, or cannot load its models"}})
+    async def ready() -> Ready:
+        # For readiness probes: 200 only when the work routes would take a request. A server that
+        # got SIGTERM needs no flag here: uvicorn closes its socket first, so the probe is refused.
+        state.require_ready()
+        return Ready()
 
     @app.exception_handler(TaskfleetError)
     async def _taskfleet_error(_: Request, exc: TaskfleetError) -> JSONResponse:
@@ -118,6 +140,16 @@ def install_common(app: FastAPI, state: ModelState) -> None:
             details=exc.errors(),
         ).to_body()
         return JSONResponse(jsonable(body), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A route let a library error through; the server logs its traceback after this answer.
+        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
 
 
 def jsonable(value):  # pydantic error details may hold exceptions or bytes

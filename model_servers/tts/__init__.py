@@ -28,4 +28,8 @@ and ``X-Sample-Rate`` headers.
 
 ``GET /voices``: ``{"engine", "default_voice", "voices": [{"name", "language", "sample_rate",
 "engine", "clones_voice", "speakers"}]}``.
+
+``GET /ready``: 200 ``{"status": "ready"}`` once the engine is loaded, else 503 (for readiness
+probes). Every error, unknown routes (404) and wrong methods (405) included, is
+``{"error": {"code", "message"}}``.
 """

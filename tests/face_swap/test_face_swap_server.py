@@ -156,6 +156,18 @@ def test_missing_models_unhealthy_and_503(tmp_path, photos):
         assert health["model_loaded"] is False and health["models_directory"] == str(tmp_path)
         status, body, _ = post_process(server.url, photos["hopper"], photos["astronaut"])
         assert status == 503 and body["error"]["code"] == "model_unavailable"
+        ready = httpx.get(server.url + "/ready", trust_env=False)
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "model_unavailable"
+        assert "models missing" in ready.json()["error"]["message"]
+
+
+def test_ready_unknown_routes_and_wrong_methods_answer_in_the_error_shape(lite_server):
+    ready = httpx.get(lite_server.url + "/ready", trust_env=False)
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    unknown = httpx.get(lite_server.url + "/swap", trust_env=False)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    wrong = httpx.get(lite_server.url + "/process", trust_env=False)
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_image_target_ignores_video_formats(lite_server, photos):

@@ -175,6 +175,17 @@ async def test_missing_binary_is_unhealthy_and_503(tmp_path):
     async with serve(TtsSettings(tts_engine="espeak", espeak_binary=str(tmp_path / "no-espeak"))) as client:
         health = (await client.get("/health")).json()
         assert health["status"] == "unhealthy" and "espeak-ng" in health["message"]
-        for response in (await client.post("/tts", json={"text": "hi"}), await client.get("/voices")):
+        for response in (
+            await client.post("/tts", json={"text": "hi"}), await client.get("/voices"), await client.get("/ready")
+        ):
             assert response.status_code == 503
             assert response.json()["error"]["code"] == "model_unavailable"
+
+
+async def test_ready_unknown_routes_and_wrong_methods_answer_in_the_error_shape(espeak):
+    ready = await espeak.get("/ready")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    unknown = await espeak.post("/synthesize", json={"text": "hi"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    wrong = await espeak.get("/tts")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
