@@ -86,6 +86,17 @@ def post_process(url: str, source: Path, target: Path, options: dict | None = No
     return 200, events, files
 
 
+def video_codec(tools, path: Path) -> tuple[str, str]:
+    """The first video stream's codec and its tag in the container (``hvc1`` makes Apple players open HEVC)."""
+    out = subprocess.run(
+        [tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name,codec_tag_string",
+         "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    name, tag = out.stdout.strip().split(",")
+    return name, tag
+
+
 class GateEngine:
     """Swaps nothing; each frame waits on ``gate`` (or sleeps ``frame_s``) and is counted."""
 

@@ -6,10 +6,12 @@ import subprocess
 
 import cv2
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 import face_swap_tiny
-from face_swap_helpers import count_frames, post_process, settings_for, stream_types
+from face_swap_helpers import count_frames, post_process, settings_for, stream_types, video_codec
 from model_servers.face_swap.app import create_app
 from model_servers.face_swap.media import probe_video
 from support import LiveServer
@@ -68,8 +70,6 @@ def _first_frame(tools, path):
         [tools.ffmpeg, "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
         capture_output=True, check=True,
     ).stdout  # fmt: skip
-    import numpy as np
-
     return np.frombuffer(raw, np.uint8).reshape(256, 256, 3)
 
 
@@ -170,10 +170,59 @@ def test_ready_unknown_routes_and_wrong_methods_answer_in_the_error_shape(lite_s
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_image_target_ignores_video_formats(lite_server, photos):
+def test_image_target_gets_a_one_frame_gif_beside_its_image_and_no_mp4(lite_server, photos):
     status, events, files = post_process(lite_server.url, photos["hopper"], photos["astronaut"], {"output_formats": ["gif", "mp4"]})
     assert status == 200
-    assert list(files) == ["output.png"]  # the target's own format when no image format was asked for
+    # The main output stays an image (the target's own format when no image format was asked for).
+    assert list(files) == ["output.png", "output.gif"]
+    with Image.open(files["output.gif"]) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 1 and gif.size == (512, 512)
+
+
+def test_image_target_in_jpg_gif_and_webp(lite_server, photos):
+    status, events, files = post_process(
+        lite_server.url, photos["hopper"], photos["astronaut"], {"output_formats": ["jpg", "gif", "webp"]}
+    )
+    assert status == 200, events
+    (_, result), = [e for e in events if e[0] == "result"]
+    assert [(o["name"], o["content_type"], o["role"]) for o in result["outputs"]] == [
+        ("output.jpg", "image/jpeg", "main"), ("output.gif", "image/gif", "extra"), ("output.webp", "image/webp", "extra"),
+    ]
+    jpg = cv2.imread(str(files["output.jpg"]))
+    with Image.open(files["output.gif"]) as gif:
+        assert gif.n_frames == 1
+        still = cv2.cvtColor(np.asarray(gif.convert("RGB")), cv2.COLOR_RGB2BGR)
+    # The gif is the swapped picture, not the target: its face is the jpg's, not the original's.
+    original = cv2.imread(str(photos["astronaut"]))
+    face = (slice(70, 170), slice(180, 260))
+    assert np.abs(still[face].astype(int) - jpg[face]).mean() < np.abs(still[face].astype(int) - original[face]).mean() / 2
+    assert cv2.imread(str(files["output.webp"])).shape == jpg.shape
+
+
+def test_video_encoder_and_quality_change_the_output(lite_server, photos, clips, tools):
+    outputs = {}
+    for label, options in {
+        "h264 low": {"video_quality": 10},
+        "h264 high": {"video_quality": 100},
+        "hevc low": {"video_quality": 10, "video_encoder": "libx265"},
+    }.items():
+        status, events, files = post_process(lite_server.url, photos["astronaut"], clips["silent"], options)
+        assert status == 200, (label, events)
+        outputs[label] = files["output.mp4"]
+    assert video_codec(tools, outputs["h264 low"]) == ("h264", "avc1")
+    assert video_codec(tools, outputs["hevc low"]) == ("hevc", "hvc1")
+    assert count_frames(tools, outputs["hevc low"]) == count_frames(tools, outputs["h264 low"])
+    # Quality 100 is CRF 0 (lossless), quality 10 is CRF 46: an order of magnitude apart.
+    assert outputs["h264 high"].stat().st_size > 5 * outputs["h264 low"].stat().st_size
+
+
+def test_keep_audio_false_drops_the_audio_of_a_clip_that_has_some(lite_server, photos, clips, tools):
+    assert stream_types(tools, clips["audio"]) == ["video", "audio"]
+    status, events, files = post_process(lite_server.url, photos["astronaut"], clips["audio"], {"keep_audio": False})
+    assert status == 200, events
+    assert stream_types(tools, files["output.mp4"]) == ["video"]
+    (_, result), = [e for e in events if e[0] == "result"]
+    assert result["metadata"]["audio"] is False and result["metadata"]["frames_processed"] == 50
 
 
 def test_jobs_use_the_servers_scratch_folder_and_a_killed_servers_leftovers_go(tmp_path, photos):
