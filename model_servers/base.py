@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import sys
 from typing import AsyncIterator, Literal
 
 from fastapi import FastAPI, Request
@@ -75,6 +77,53 @@ class GpuSlots:
         finally:
             self.in_flight -= 1
             self._sem.release()
+
+
+class OutOfMemory(TaskfleetError):
+    """The device (or the host) ran out of memory on this request.
+
+    Not an outage: a 503 would release the task without counting the attempt, and a request that
+    always runs out of memory would then loop forever. A 500 counts the attempt and stays
+    retryable (the memory may be free next time), so the task's ``max_attempts`` bounds it.
+    """
+
+    code, status, retryable = "out_of_memory", 500, True
+
+
+# What ONNX Runtime says when an allocation fails: its CPU/CUDA arenas, cudaMalloc, cuBLAS/cuDNN
+# workspaces. ORT raises one class per status code (Fail, RuntimeException...), so only the message
+# tells an allocation failure from any other.
+_ORT_OOM = re.compile(
+    r"Failed to allocate memory|out of memory|bad_alloc|ALLOC_FAILED|cudaErrorMemoryAllocation", re.IGNORECASE
+)
+# torch's CPU allocator raises a plain RuntimeError (only device allocators raise OutOfMemoryError).
+_TORCH_CPU_OOM = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure of Python, torch or ONNX Runtime.
+
+    The libraries are looked up in ``sys.modules`` rather than imported: an exception can only
+    come from a library that is loaded, and the face-swap server must not pull in torch.
+    """
+    if isinstance(exc, MemoryError):  # numpy's _ArrayMemoryError included
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+        if isinstance(exc, oom):
+            return True
+        if isinstance(exc, RuntimeError) and _TORCH_CPU_OOM.search(str(exc)):
+            return True
+    if type(exc).__module__.startswith("onnxruntime") and _ORT_OOM.search(str(exc)):
+        return True
+    return False
+
+
+def out_of_memory(exc: BaseException, what: str) -> OutOfMemory:
+    """The error a server answers for an allocation failure during ``what``, keeping the library's words."""
+    detail = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+    return OutOfMemory(f"out of memory during {what}: {detail}")
 
 
 class ModelState:
@@ -148,7 +197,11 @@ def install_common(app: FastAPI, state: ModelState) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        # A route let a library error through; the server logs its traceback after this answer.
+        # A route let a library error through (the server logs its traceback after this answer);
+        # an allocation failure still gets its own code.
+        if is_out_of_memory(exc):
+            error = out_of_memory(exc, "the request")
+            return JSONResponse(error.to_body(), status_code=error.status)
         return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
 
 

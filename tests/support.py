@@ -149,6 +149,20 @@ def wait_done(client: httpx.Client, task_id: str, timeout_s: float = 120) -> dic
     raise AssertionError(f"task {task_id} did not finish: {task}")
 
 
+@contextmanager
+def task_fleet(tmp_path: Path, workflow: str, **consumer_env: str) -> Iterator[httpx.Client]:
+    """A task API on SQLite whose retries wait only a moment, and one consumer serving ``workflow``.
+
+    Yields a client of the API; the model servers are the caller's (``consumer_env`` names them).
+    """
+    api = api_process(
+        f"sqlite:///{tmp_path / 'tasks.db'}", tmp_path, TASKFLEET_BACKOFF_BASE_S="0.05", TASKFLEET_BACKOFF_MAX_S="0.2"
+    )
+    with api, consumer_process(api.url, tmp_path, workflow, **consumer_env):
+        with httpx.Client(base_url=api.url, timeout=30, trust_env=False) as client:
+            yield client
+
+
 class LiveServer:
     """A real uvicorn serving an app on a loopback port, in a thread of this process."""
 

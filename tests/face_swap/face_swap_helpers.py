@@ -131,3 +131,49 @@ class GateEngine:
             with self.lock:
                 self.running -= 1
         return frame, 1
+
+
+def oversized_session():
+    """An ONNX Runtime session whose one node asks for an exabyte of floats.
+
+    More than any address space, so every run fails at once, touching nothing, with ORT's own
+    allocation error (raised by the same memory arena that reports a GPU running out).
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [0.0])
+    node = helper.make_node("ConstantOfShape", ["shape"], ["out"], value=fill)
+    graph = helper.make_graph(
+        [node], "oversized",
+        [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+class OutOfMemoryEngine:
+    """An engine whose every frame runs ``oversized_session``; ``jobs`` counts the jobs it started."""
+
+    name, device = "oversized", "cpu"
+    enhanced = parallel = False
+
+    def __init__(self) -> None:
+        self.session = None
+        self.jobs = 0
+
+    def load(self) -> str:
+        self.session = oversized_session()
+        return "oversized ready"
+
+    def start(self, source, options, *, video):
+        self.jobs += 1
+        return self
+
+    def swap(self, frame):
+        import numpy as np
+
+        self.session.run(None, {"shape": np.array([1 << 58], np.int64)})
+        return frame, 1

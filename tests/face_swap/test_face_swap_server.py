@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import face_swap_tiny
-from face_swap_helpers import count_frames, post_process, settings_for, stream_types, video_codec
+from face_swap_helpers import OutOfMemoryEngine, count_frames, post_process, settings_for, stream_types, video_codec
 from model_servers.face_swap.app import create_app
 from model_servers.face_swap.media import probe_video
 from support import LiveServer
@@ -223,6 +223,24 @@ def test_keep_audio_false_drops_the_audio_of_a_clip_that_has_some(lite_server, p
     assert stream_types(tools, files["output.mp4"]) == ["video"]
     (_, result), = [e for e in events if e[0] == "result"]
     assert result["metadata"]["audio"] is False and result["metadata"]["frames_processed"] == 50
+
+
+def test_out_of_memory_is_a_retryable_failure_with_its_own_code(tmp_path, photos, clips):
+    engine = OutOfMemoryEngine()
+    with LiveServer(create_app(settings_for(tmp_path), engine=engine)) as server:
+        # An image fails before anything was sent: a plain HTTP error the consumer counts as an attempt.
+        status, body, _ = post_process(server.url, photos["hopper"], photos["astronaut"])
+        assert status == 500 and body["error"]["code"] == "out_of_memory"
+        assert "Failed to allocate memory" in body["error"]["message"]
+        # A video fails after its first progress part: the error part says the same, and retryable.
+        status, events, files = post_process(server.url, photos["hopper"], clips["silent"])
+        assert status == 200 and events[0][0] == "progress" and not files
+        kind, part = events[-1]
+        assert kind == "error" and part["error"]["code"] == "out_of_memory"
+        assert part["retryable"] is True and part["status"] == 500
+        # Running out of memory is not an outage: the server stays ready for the next job.
+        assert httpx.get(server.url + "/ready", trust_env=False).status_code == 200
+        assert engine.jobs == 2
 
 
 def test_jobs_use_the_servers_scratch_folder_and_a_killed_servers_leftovers_go(tmp_path, photos):

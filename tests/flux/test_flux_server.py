@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flux_faults import cpu_out_of_memory, cuda_out_of_memory
+
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "max_sequence_length": 32}
 
 
@@ -268,7 +270,20 @@ async def test_ready_unknown_routes_and_wrong_methods_answer_in_the_error_shape(
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
 
 
-@pytest.mark.parametrize(("error", "status", "code"), [(ValueError("a bug"), 500, "internal_error")])
+@pytest.mark.parametrize("fault", [cuda_out_of_memory, cpu_out_of_memory])
+async def test_out_of_memory_is_a_500_with_its_own_code_not_an_outage(failing_flux, fault):
+    failing_flux.fail_with(fault)
+    body = await generate(failing_flux, expect=500)
+    assert body["error"]["code"] == "out_of_memory"
+    assert "allocate" in body["error"]["message"]
+    # The server is not down: the next request (and the readiness probe) still gets through.
+    assert httpx.get(failing_flux.url + "/ready").status_code == 200
+    assert failing_flux.pipeline_calls == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"), [(MemoryError(), 500, "out_of_memory"), (ValueError("a bug"), 500, "internal_error")]
+)
 async def test_an_error_no_route_foresaw_still_answers_in_the_error_shape(flux_server, monkeypatch, error, status, code):
     def encode(*_):
         raise error
