@@ -18,7 +18,7 @@ PROG = "taskfleet consumer"
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--api-url", help="task API base URL (TASKFLEET_API_URL)")
-    p.add_argument("--workflows", help="comma-separated workflows to serve (TASKFLEET_WORKFLOWS); default: all installed")
+    p.add_argument("--workflows", help="comma-separated workflows to serve (TASKFLEET_WORKFLOWS); default: every installed one whose model servers are set")
     p.add_argument("--concurrency", type=int, help="tasks worked on at once (TASKFLEET_CONCURRENCY)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (TASKFLEET_METRICS_PORT)")
     p.add_argument("--metrics-host", help="address for the metrics endpoint (TASKFLEET_METRICS_HOST)")

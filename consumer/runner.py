@@ -22,7 +22,7 @@ from consumer.inputs import InputFetcher, max_bytes_from_mb
 from consumer.metrics import Metrics
 from consumer.model_client import ModelServerPool
 from consumer.registry import Runnable, resolve
-from consumer.settings import ConsumerSettings
+from consumer.settings import ConsumerSettings, url_setting
 from taskfleet.client import ApiTransport, ConsumerClient
 from taskfleet.errors import ConfigError, TaskfleetError
 from taskfleet.scratch import Scratch
@@ -59,7 +59,11 @@ class Consumer:
         # Attempt folders live in this process's own scratch folder: one left by a SIGKILLed
         # consumer is removed by the next consumer to start on the same work_dir.
         self.scratch = Scratch(settings.work_dir, "consumer")
-        self.runnables = runnables if runnables is not None else resolve(settings.workflows)
+        if runnables is None:
+            runnables = resolve(settings.workflows)
+            if not settings.workflows:
+                runnables = _servable(runnables, settings.server_urls())
+        self.runnables = runnables
         if storage is None:
             try:
                 storage = _open_storage(settings)
@@ -98,8 +102,8 @@ class Consumer:
             f"{r.name} needs {kind!r}" for r in self.runnables.values() for kind in r.model_servers if not urls.get(kind)
         )
         if missing:
-            env = ", ".join(f"TASKFLEET_{k.upper()}_URLS" for k in sorted(needed - set(urls)))
-            raise ConfigError(f"no model server URLs for: {'; '.join(missing)} (set {env} or TASKFLEET_MODEL_SERVER_URLS)")
+            env = ", ".join(url_setting(k) for k in sorted(needed - set(urls)))
+            raise ConfigError(f"no model server URLs for: {'; '.join(missing)} (set {env})")
         s = self.settings
         return {
             kind: ModelServerPool(
@@ -168,6 +172,27 @@ class Consumer:
         self.attempts.stop_all("shutdown")
         if workers:
             await asyncio.gather(*workers, return_exceptions=True)
+
+
+def _servable(runnables: dict[str, Runnable], urls: dict[str, list[str]]) -> dict[str, Runnable]:
+    """With no workflows named, those whose model servers are configured; says which it leaves out.
+
+    A bare ``taskfleet consumer`` then serves echo and whatever needs no model server, instead of
+    refusing to start over workflows nobody asked it for.
+    """
+    servable: dict[str, Runnable] = {}
+    skipped: list[str] = []
+    for name, runnable in runnables.items():
+        missing = [kind for kind in runnable.model_servers if not urls.get(kind)]
+        if missing:
+            skipped.append(f"{name} (needs {' and '.join(url_setting(kind) for kind in missing)})")
+        else:
+            servable[name] = runnable
+    if not servable:
+        raise ConfigError(f"no workflow can be served: no model-server URLs are set for {', '.join(skipped)}")
+    if skipped:
+        log.info("skipping workflows whose model-server URLs are not set: %s", ", ".join(skipped))
+    return servable
 
 
 def _open_storage(settings: ConsumerSettings, url: str | None = None) -> Any:

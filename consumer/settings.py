@@ -12,6 +12,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
 
+# Model-server kinds with a setting of their own; any other kind goes in TASKFLEET_MODEL_SERVER_URLS.
+BUILTIN_KINDS = ("face_swap", "flux", "tts")
+
+
+def url_setting(kind: str) -> str:
+    """Where an operator sets the URLs of a model-server kind."""
+    if kind in BUILTIN_KINDS:
+        return f"TASKFLEET_{kind.upper()}_URLS"
+    return f'TASKFLEET_MODEL_SERVER_URLS ({{"{kind}": [...]}})'
+
 
 def _split(value: object) -> object:
     if isinstance(value, str):
