@@ -17,6 +17,7 @@ import httpx
 
 from consumer.attempts import Attempts
 from consumer.completions import CompletionBatcher
+from consumer.errors import TokenRefused
 from consumer.fetch_loop import Capacity, FetchLoop
 from consumer.inputs import InputFetcher, max_bytes_from_mb
 from consumer.metrics import Metrics
@@ -135,14 +136,21 @@ class Consumer:
             self.client.consumer_id, ", ".join(self.runnables), self.settings.concurrency,
         )
         health = asyncio.create_task(self.capacity.refresh_loop(self.settings.health_ttl_s / 2))
+        refused: TokenRefused | None = None
         try:
-            await self.fetch_loop.run()
+            try:
+                await self.fetch_loop.run()
+            except TokenRefused as exc:
+                refused = exc
+                self.request_stop()
             await self._drain()
         finally:
             health.cancel()
             await asyncio.gather(health, return_exceptions=True)
             await self.aclose()
         log.info("consumer %s stopped", self.client.consumer_id)
+        if refused is not None:
+            raise refused
 
     async def aclose(self) -> None:
         for pool in self.pools.values():

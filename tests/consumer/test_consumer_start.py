@@ -1,4 +1,5 @@
-"""How a real consumer process starts against a real API: a bare one serves what it can."""
+"""How a real consumer process starts against a real API: a bare one serves what it can, and one
+whose token the API refuses stops with the reason instead of polling forever."""
 
 from __future__ import annotations
 
@@ -61,3 +62,26 @@ def test_with_nothing_servable_the_consumer_still_refuses_to_start():
     with pytest.raises(ConfigError, match=r'paint \(needs TASKFLEET_MODEL_SERVER_URLS \(\{"painter": \[\.\.\.\]\}\)\)'):
         _servable(runnables, {})
     assert _servable(runnables, {"painter": ["http://p:1"]}) == runnables
+
+
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [("not-a-token", "401"), ("producer-secret", "403"), (None, "401")],
+    ids=["unknown token", "producer token", "no token"],
+)
+def test_a_refused_token_stops_the_consumer_with_one_line(tmp_path, token, status):
+    tokens = {"TASKFLEET_PRODUCER_TOKENS": "producer-secret", "TASKFLEET_CONSUMER_TOKENS": "consumer-secret"}
+    with api_process(f"sqlite:///{tmp_path / 'tasks.db'}", tmp_path, **tokens) as api:
+        env = dict(consumer_process(api.url, tmp_path, workflows="echo").env)
+        if token:
+            env["TASKFLEET_CONSUMER_TOKEN"] = token
+        result = subprocess.run(
+            [sys.executable, "-m", "consumer"], cwd=ROOT, env=clean_env(env),
+            capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("taskfleet consumer: error: the task API refused this consumer's token")
+    assert f"({status} " in last and "TASKFLEET_CONSUMER_TOKEN" in last
+    assert [line for line in result.stderr.splitlines() if "refused" in line] == [last]
