@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from face_swap_helpers import LiveServer
+from support import LiveServer
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.responses import FileResponse
