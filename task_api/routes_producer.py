@@ -34,15 +34,16 @@ from taskfleet.errors import BadRequest, PayloadTooLarge, TaskfleetError
 from taskfleet.workflows import Workflow
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
+IDEMPOTENCY_HEADER = {
+    "name": "idempotency-key", "in": "header", "required": False,
+    "schema": {"anyOf": [{"type": "string", "maxLength": 200}, {"type": "null"}], "title": "Idempotency-Key"},
+}  # fmt: skip
 CREATE_TASK_OPENAPI = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateTask"}}},
     },
-    "parameters": [{
-        "name": "idempotency-key", "in": "header", "required": False,
-        "schema": {"anyOf": [{"type": "string", "maxLength": 200}, {"type": "null"}], "title": "Idempotency-Key"},
-    }],  # fmt: skip
+    "parameters": [IDEMPOTENCY_HEADER],
 }
 # Task options a seed-style alias body carries beside the workflow's input fields, spelled as in
 # the /api/tasks body. A workflow whose input declares one of these names keeps it as input.
@@ -161,7 +162,10 @@ def producer_router(svc: Services) -> APIRouter:
     async def retry_task(task_id: Text) -> dict[str, Any]:
         return task_json(await queue.retry(task_id))
 
-    @router.post("/api/{route}/create-task", status_code=201, response_model=Accepted)
+    @router.post(
+        "/api/{route}/create-task", status_code=201, response_model=Accepted,
+        openapi_extra={"parameters": [IDEMPOTENCY_HEADER]},
+    )  # fmt: skip
     async def create_by_alias(request: Request, route: str, fields: dict[str, Any] = Body(...)) -> JSONResponse:
         """The workflow's input fields at the top level, with the task options of /api/tasks
         (priority, webhook_url, idempotency_key, ...) beside them, or the ``Idempotency-Key``
