@@ -21,8 +21,14 @@ BEARER = "bearer"
 REF = "#/components/schemas/"
 TAGS = [
     {"name": "producer", "description": "Creating and reading tasks: a producer or an admin token."},
-    {"name": "consumer", "description": "The consumers' long poll and lease-fenced writes: a consumer or an admin token."},
-    {"name": "operations", "description": "Health, readiness, Prometheus metrics (`TASKFLEET_METRICS_TOKEN`, when set), local files."},
+    {
+        "name": "consumer",
+        "description": "The consumers' long poll and lease-fenced writes: a consumer or an admin token.",
+    },
+    {
+        "name": "operations",
+        "description": "Health, readiness, Prometheus metrics (`TASKFLEET_METRICS_TOKEN`, when set), local files.",
+    },
 ]
 DESCRIPTION = (
     "A pull-based task queue. Producers create tasks (`POST /api/tasks`, or the per-workflow "
@@ -43,9 +49,7 @@ def install_openapi(app: FastAPI, workflows: WorkflowRegistry) -> None:
 
 
 def openapi_document(app: FastAPI, workflows: WorkflowRegistry) -> dict[str, Any]:
-    doc = get_openapi(
-        title=app.title, version=app.version, description=DESCRIPTION, routes=app.routes, tags=TAGS
-    )
+    doc = get_openapi(title=app.title, version=app.version, description=DESCRIPTION, routes=app.routes, tags=TAGS)
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     components["securitySchemes"] = {
@@ -64,8 +68,12 @@ def openapi_document(app: FastAPI, workflows: WorkflowRegistry) -> dict[str, Any
     creates, aliases = {}, {}
     for wf in flows:
         stem = _camel(wf.name)
-        creates[wf.name] = _add(schemas, f"{stem}CreateTask", _create_body(schemas["CreateTask"], wf, names[wf.input_model]))
-        aliases[wf.name] = _add(schemas, f"{stem}AliasBody", _alias_body(schemas, schemas["CreateTask"], names[wf.input_model]))
+        creates[wf.name] = _add(
+            schemas, f"{stem}CreateTask", _create_body(schemas["CreateTask"], wf, names[wf.input_model])
+        )
+        aliases[wf.name] = _add(
+            schemas, f"{stem}AliasBody", _alias_body(schemas, schemas["CreateTask"], names[wf.input_model])
+        )
     create_any = {
         "oneOf": [{"$ref": REF + n} for n in creates.values()],
         "discriminator": {"propertyName": "workflow", "mapping": {w: REF + n for w, n in creates.items()}},
@@ -81,22 +89,39 @@ def openapi_document(app: FastAPI, workflows: WorkflowRegistry) -> dict[str, Any
                       "value": {"tasks": [{"workflow": w, "input": ex} for w, ex in list(examples.items())[:2]]}},
     })  # fmt: skip
     alias_examples = {
-        wf.alias: {"summary": f"POST /api/{wf.alias}/create-task", "value": {**examples[wf.name], **example_options(f"order-A-17-{wf.alias}-alias")}}
+        wf.alias: {
+            "summary": f"POST /api/{wf.alias}/create-task",
+            "value": {**examples[wf.name], **example_options(f"order-A-17-{wf.alias}-alias")},
+        }
         for wf in flows
         if wf.name in examples
     }
-    _set_body(paths["/api/{route}/create-task"]["post"], {"anyOf": [{"$ref": REF + n} for n in aliases.values()]}, alias_examples)
+    _set_body(
+        paths["/api/{route}/create-task"]["post"],
+        {"anyOf": [{"$ref": REF + n} for n in aliases.values()]},
+        alias_examples,
+    )
     process_examples = {
-        wf.alias: {"summary": f"POST /api/{wf.alias}/process", "value": examples[wf.name]} for wf in flows if wf.name in examples
+        wf.alias: {"summary": f"POST /api/{wf.alias}/process", "value": examples[wf.name]}
+        for wf in flows
+        if wf.name in examples
     }
-    _set_body(paths["/api/{route}/process"]["post"], {"anyOf": [{"$ref": REF + names[wf.input_model]} for wf in flows]}, process_examples)
+    _set_body(
+        paths["/api/{route}/process"]["post"],
+        {"anyOf": [{"$ref": REF + names[wf.input_model]} for wf in flows]},
+        process_examples,
+    )
     for path in ("/api/{route}/create-task", "/api/{route}/process"):
         for param in paths[path]["post"]["parameters"]:
             if param["name"] == "route":
                 param["schema"]["enum"] = sorted(by_alias)
                 param["description"] = ", ".join(f"`{a}`: workflow `{wf.name}`" for a, wf in sorted(by_alias.items()))
-    schemas["Task"]["properties"]["input"]["description"] = "the workflow's input, as validated (see the *Input schemas)"
-    schemas["Task"]["properties"]["output"]["description"] = "the workflow's output once COMPLETED (see the *Output schemas)"
+    schemas["Task"]["properties"]["input"]["description"] = (
+        "the workflow's input, as validated (see the *Input schemas)"
+    )
+    schemas["Task"]["properties"]["output"]["description"] = (
+        "the workflow's output once COMPLETED (see the *Output schemas)"
+    )
     return doc
 
 
@@ -124,7 +149,7 @@ def _add_workflow_models(schemas: dict[str, Any], flows: list[Workflow]) -> dict
     rename = {REF + old: REF + new for old, new in renamed.items() if old != new}
     for old, new in renamed.items():
         schemas[new] = _rewrite_refs(defs[old], rename)
-    return {model: rename.get(ref["$ref"], ref["$ref"])[len(REF):] for (model, _), ref in keys.items()}
+    return {model: rename.get(ref["$ref"], ref["$ref"])[len(REF) :] for (model, _), ref in keys.items()}
 
 
 def _free_name(schemas: dict[str, Any], name: str, schema: dict[str, Any]) -> str:
@@ -200,7 +225,11 @@ def _create_examples(examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _set_body(operation: dict[str, Any], schema: dict[str, Any], examples: dict[str, Any]) -> None:
-    media = operation.setdefault("requestBody", {"required": True}).setdefault("content", {}).setdefault("application/json", {})
+    media = (
+        operation.setdefault("requestBody", {"required": True})
+        .setdefault("content", {})
+        .setdefault("application/json", {})
+    )
     media["schema"] = schema
     if examples:
         media["examples"] = examples

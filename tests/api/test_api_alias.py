@@ -89,4 +89,8 @@ async def test_alias_webhook_is_delivered_signed(http, consumer):
     _, body, headers = receiver.received[0]
     assert headers["x-taskfleet-signature"] == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     payload = json.loads(body)
-    assert (payload["task_id"], payload["status"], payload["output"]) == (reply.json()["task_id"], "COMPLETED", {"data": "hooked"})
+    assert (payload["task_id"], payload["status"], payload["output"]) == (
+        reply.json()["task_id"],
+        "COMPLETED",
+        {"data": "hooked"},
+    )

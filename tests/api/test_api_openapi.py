@@ -37,7 +37,7 @@ def registry():
 
 def resolve(doc: dict, ref: str) -> dict:
     assert ref.startswith(REF), ref
-    return doc["components"]["schemas"][ref[len(REF):]]
+    return doc["components"]["schemas"][ref[len(REF) :]]
 
 
 def body_of(doc: dict, path: str) -> dict:
@@ -107,7 +107,9 @@ def test_examples_match_their_schemas_and_the_api_accepts_them(api, doc, registr
         validator(doc, create["schema"]).validate(example["value"])
         reply = http.post("/api/tasks", json=example["value"])
         assert reply.status_code == 201, (name, reply.text)
-        assert reply.json()["input"] == registry.get(example["value"]["workflow"]).validate_input(example["value"]["input"])
+        assert reply.json()["input"] == registry.get(example["value"]["workflow"]).validate_input(
+            example["value"]["input"]
+        )
     batch = body_of(doc, "/api/tasks/batch")
     for example in batch["examples"].values():
         validator(doc, batch["schema"]).validate(example["value"])

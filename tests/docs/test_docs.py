@@ -86,7 +86,9 @@ def test_api_page_describes_every_route():
 # Where the API's answers get their codes: the error classes, the codes raised by name, the
 # HTTP statuses' own codes, and the codes the queue writes into a task's error.
 CODE_SOURCES = ["taskfleet/errors.py", "taskfleet/urlguard.py", "taskfleet/workflows/__init__.py", "task_api/**/*.py"]
-CODE = re.compile(r"""\bcode(?:, status)?(?:, retryable)?\s*=\s*"([a-z0-9_]+)"|"code": "([a-z0-9_]+)"|\b\d{3}: "([a-z_]+)",""")
+CODE = re.compile(
+    r"""\bcode(?:, status)?(?:, retryable)?\s*=\s*"([a-z0-9_]+)"|"code": "([a-z0-9_]+)"|\b\d{3}: "([a-z_]+)","""
+)
 
 
 def test_api_page_lists_every_error_code_the_api_gives():
@@ -106,7 +108,10 @@ def project_text_files() -> list[Path]:
         parts = path.relative_to(ROOT).parts
         if any(p.startswith(".") or p in skip for p in parts[:-1]) or not path.is_file():
             continue
-        if path.suffix in {".py", ".md", ".toml", ".yaml", ".yml", ".txt", ".sh", ".in", ".cfg", ""} or path.name == "Dockerfile":
+        if (
+            path.suffix in {".py", ".md", ".toml", ".yaml", ".yml", ".txt", ".sh", ".in", ".cfg", ""}
+            or path.name == "Dockerfile"
+        ):
             out.append(path)
     return out
 
