@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from typing import Any
 
 from consumer.logs import setup_logging
 from consumer.settings import ConsumerSettings
-from taskfleet.errors import ConfigError
+from taskfleet.settings_check import exit_on_bad_settings, warn_unknown_names
 
-log = logging.getLogger("consumer")
+PROG = "taskfleet consumer"
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="taskfleet consumer", description=__doc__)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--api-url", help="task API base URL (TASKFLEET_API_URL)")
-    p.add_argument("--workflows", help="comma-separated workflows to serve (TASKFLEET_WORKFLOWS); default: all installed")
+    p.add_argument("--workflows", help="comma-separated workflows to serve (TASKFLEET_WORKFLOWS); default: every installed one whose model servers are set")
     p.add_argument("--concurrency", type=int, help="tasks worked on at once (TASKFLEET_CONCURRENCY)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (TASKFLEET_METRICS_PORT)")
     p.add_argument("--metrics-host", help="address for the metrics endpoint (TASKFLEET_METRICS_HOST)")
@@ -43,13 +42,13 @@ async def serve(settings: ConsumerSettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     overrides = parse_args(argv)
-    settings = ConsumerSettings(**overrides)
-    setup_logging(settings.log_level, settings.log_format)
-    try:
+    # Also around the run: a model-server or storage setting found wrong while starting, and a
+    # token the API refuses, end the process the same way.
+    with exit_on_bad_settings(PROG, flags=overrides):
+        settings = ConsumerSettings(**overrides)
+        setup_logging(settings.log_level, settings.log_format)
+        warn_unknown_names("consumer")
         asyncio.run(serve(settings))
-    except ConfigError as exc:
-        log.error("cannot start: %s", exc.message)
-        raise SystemExit(2) from None
     return 0
 
 

@@ -7,7 +7,7 @@ producer's cancel; ``TaskTimeout`` → the task's ``timeout_s`` ran out.
 
 from __future__ import annotations
 
-from taskfleet.errors import TaskfleetError, Unavailable
+from taskfleet.errors import ConfigError, TaskfleetError, Unavailable
 
 
 class ModelServerUnavailable(Unavailable):
@@ -63,3 +63,10 @@ class ProcessorError(TaskfleetError):
     """
 
     code, status, retryable = "processor_error", 500, True
+
+
+class TokenRefused(ConfigError):
+    """The task API refused this consumer's token (401/403). No retry can fix that, so the
+    consumer stops with the reason instead of polling forever while looking healthy."""
+
+    code = "token_refused"

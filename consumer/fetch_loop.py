@@ -5,7 +5,9 @@ Promises kept here:
 - after an outage released a task, fetching for that kind pauses: 1 s (or the server's
   Retry-After), doubling with each further outage up to ``outage_backoff_max_s``, back to 1 s once
   a task of the kind completes;
-- an open long poll is never cancelled: what it brings is handed over (and released on stop).
+- an open long poll is never cancelled: what it brings is handed over (and released on stop);
+- a fetch the API refuses for the token (401/403) ends the loop with ``TokenRefused``: the
+  consumer stops instead of retrying what cannot succeed.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from collections.abc import Mapping
 import httpx
 
 from consumer.attempts import Attempts, Running
-from consumer.errors import ModelServerUnavailable
+from consumer.errors import ModelServerUnavailable, TokenRefused
 from consumer.metrics import Metrics
 from consumer.model_client import ModelServerPool
 from consumer.registry import Runnable
 from taskfleet.client import ConsumerClient
-from taskfleet.errors import TaskfleetError
+from taskfleet.errors import Forbidden, TaskfleetError, Unauthorized
 
 log = logging.getLogger("consumer")
 
@@ -127,6 +129,11 @@ class FetchLoop:
                     wait_s = min(wait_s, 1.0)
                 tasks = await asyncio.shield(self.client.fetch(names, limit=limit, wait_s=wait_s))
                 api_backoff = 0.0
+            except (Unauthorized, Forbidden) as exc:
+                raise TokenRefused(
+                    f"the task API refused this consumer's token ({exc.status} {exc.code}: {exc.message}); "
+                    "set TASKFLEET_CONSUMER_TOKEN to one of the API's TASKFLEET_CONSUMER_TOKENS"
+                ) from None
             except (TaskfleetError, httpx.HTTPError) as exc:
                 api_backoff = min(max(api_backoff * 2, 0.5), 15.0)
                 log.warning("fetch failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, api_backoff)

@@ -17,12 +17,13 @@ import httpx
 
 from consumer.attempts import Attempts
 from consumer.completions import CompletionBatcher
+from consumer.errors import TokenRefused
 from consumer.fetch_loop import Capacity, FetchLoop
 from consumer.inputs import InputFetcher, max_bytes_from_mb
 from consumer.metrics import Metrics
 from consumer.model_client import ModelServerPool
 from consumer.registry import Runnable, resolve
-from consumer.settings import ConsumerSettings
+from consumer.settings import ConsumerSettings, url_setting
 from taskfleet.client import ApiTransport, ConsumerClient
 from taskfleet.errors import ConfigError, TaskfleetError
 from taskfleet.scratch import Scratch
@@ -59,7 +60,11 @@ class Consumer:
         # Attempt folders live in this process's own scratch folder: one left by a SIGKILLed
         # consumer is removed by the next consumer to start on the same work_dir.
         self.scratch = Scratch(settings.work_dir, "consumer")
-        self.runnables = runnables if runnables is not None else resolve(settings.workflows)
+        if runnables is None:
+            runnables = resolve(settings.workflows)
+            if not settings.workflows:
+                runnables = _servable(runnables, settings.server_urls())
+        self.runnables = runnables
         if storage is None:
             try:
                 storage = _open_storage(settings)
@@ -98,8 +103,8 @@ class Consumer:
             f"{r.name} needs {kind!r}" for r in self.runnables.values() for kind in r.model_servers if not urls.get(kind)
         )
         if missing:
-            env = ", ".join(f"TASKFLEET_{k.upper()}_URLS" for k in sorted(needed - set(urls)))
-            raise ConfigError(f"no model server URLs for: {'; '.join(missing)} (set {env} or TASKFLEET_MODEL_SERVER_URLS)")
+            env = ", ".join(url_setting(k) for k in sorted(needed - set(urls)))
+            raise ConfigError(f"no model server URLs for: {'; '.join(missing)} (set {env})")
         s = self.settings
         return {
             kind: ModelServerPool(
@@ -131,14 +136,21 @@ class Consumer:
             self.client.consumer_id, ", ".join(self.runnables), self.settings.concurrency,
         )
         health = asyncio.create_task(self.capacity.refresh_loop(self.settings.health_ttl_s / 2))
+        refused: TokenRefused | None = None
         try:
-            await self.fetch_loop.run()
+            try:
+                await self.fetch_loop.run()
+            except TokenRefused as exc:
+                refused = exc
+                self.request_stop()
             await self._drain()
         finally:
             health.cancel()
             await asyncio.gather(health, return_exceptions=True)
             await self.aclose()
         log.info("consumer %s stopped", self.client.consumer_id)
+        if refused is not None:
+            raise refused
 
     async def aclose(self) -> None:
         for pool in self.pools.values():
@@ -168,6 +180,27 @@ class Consumer:
         self.attempts.stop_all("shutdown")
         if workers:
             await asyncio.gather(*workers, return_exceptions=True)
+
+
+def _servable(runnables: dict[str, Runnable], urls: dict[str, list[str]]) -> dict[str, Runnable]:
+    """With no workflows named, those whose model servers are configured; says which it leaves out.
+
+    A bare ``taskfleet consumer`` then serves echo and whatever needs no model server, instead of
+    refusing to start over workflows nobody asked it for.
+    """
+    servable: dict[str, Runnable] = {}
+    skipped: list[str] = []
+    for name, runnable in runnables.items():
+        missing = [kind for kind in runnable.model_servers if not urls.get(kind)]
+        if missing:
+            skipped.append(f"{name} (needs {' and '.join(url_setting(kind) for kind in missing)})")
+        else:
+            servable[name] = runnable
+    if not servable:
+        raise ConfigError(f"no workflow can be served: no model-server URLs are set for {', '.join(skipped)}")
+    if skipped:
+        log.info("skipping workflows whose model-server URLs are not set: %s", ", ".join(skipped))
+    return servable
 
 
 def _open_storage(settings: ConsumerSettings, url: str | None = None) -> Any:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+
+# Model-server kinds with a setting of their own; any other kind goes in TASKFLEET_MODEL_SERVER_URLS.
+BUILTIN_KINDS = ("face_swap", "flux", "tts")
+
+
+def url_setting(kind: str) -> str:
+    """Where an operator sets the URLs of a model-server kind."""
+    if kind in BUILTIN_KINDS:
+        return f"TASKFLEET_{kind.upper()}_URLS"
+    return f'TASKFLEET_MODEL_SERVER_URLS ({{"{kind}": [...]}})'
 
 
 def _split(value: object) -> object:
@@ -54,12 +65,19 @@ class ConsumerSettings(BaseSettings):
     shutdown_grace_s: float = 30.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: no metrics endpoint
-    log_format: str = "json"
+    log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
     _split_lists = field_validator(
         "workflows", "face_swap_urls", "flux_urls", "tts_urls", "url_allowlist", mode="before"
     )(_split)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError("should be one of CRITICAL, ERROR, WARNING, INFO, DEBUG")
+        return value.upper()
 
     def server_urls(self) -> dict[str, list[str]]:
         """Model-server URLs by kind; the kind names match ``Workflow.model_server``."""

@@ -1,13 +1,16 @@
-"""What every model server shares: the /health shape, the GPU slot limit, settings, error bodies.
+"""What every model server shares: /health and /ready, the GPU slot limit, settings, error bodies.
 
 A server whose models are missing still starts, reports ``unhealthy`` with the reason, and
-answers its work routes 503, so an orchestrator can see why instead of watching a crash loop.
+answers its work routes and ``/ready`` 503, so an orchestrator can see why instead of watching a
+crash loop. Every error, the framework's 404/405/422 included, has the API's ``{"error": ...}`` shape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import sys
 from typing import AsyncIterator, Literal
 
 from fastapi import FastAPI, Request
@@ -15,8 +18,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from taskfleet.errors import TaskfleetError, Unavailable
+from taskfleet.errors import TaskfleetError, Unavailable, error_body
+
+# The framework's own refusals, under the codes the task API uses for the same statuses.
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 class ModelServerSettings(BaseSettings):
@@ -66,6 +79,53 @@ class GpuSlots:
             self._sem.release()
 
 
+class OutOfMemory(TaskfleetError):
+    """The device (or the host) ran out of memory on this request.
+
+    Not an outage: a 503 would release the task without counting the attempt, and a request that
+    always runs out of memory would then loop forever. A 500 counts the attempt and stays
+    retryable (the memory may be free next time), so the task's ``max_attempts`` bounds it.
+    """
+
+    code, status, retryable = "out_of_memory", 500, True
+
+
+# What ONNX Runtime says when an allocation fails: its CPU/CUDA arenas, cudaMalloc, cuBLAS/cuDNN
+# workspaces. ORT raises one class per status code (Fail, RuntimeException...), so only the message
+# tells an allocation failure from any other.
+_ORT_OOM = re.compile(
+    r"Failed to allocate memory|out of memory|bad_alloc|ALLOC_FAILED|cudaErrorMemoryAllocation", re.IGNORECASE
+)
+# torch's CPU allocator raises a plain RuntimeError (only device allocators raise OutOfMemoryError).
+_TORCH_CPU_OOM = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure of Python, torch or ONNX Runtime.
+
+    The libraries are looked up in ``sys.modules`` rather than imported: an exception can only
+    come from a library that is loaded, and the face-swap server must not pull in torch.
+    """
+    if isinstance(exc, MemoryError):  # numpy's _ArrayMemoryError included
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+        if isinstance(exc, oom):
+            return True
+        if isinstance(exc, RuntimeError) and _TORCH_CPU_OOM.search(str(exc)):
+            return True
+    if type(exc).__module__.startswith("onnxruntime") and _ORT_OOM.search(str(exc)):
+        return True
+    return False
+
+
+def out_of_memory(exc: BaseException, what: str) -> OutOfMemory:
+    """The error a server answers for an allocation failure during ``what``, keeping the library's words."""
+    detail = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+    return OutOfMemory(f"out of memory during {what}: {detail}")
+
+
 class ModelState:
     """Load status shared by a server's routes; ``require_ready`` guards every work route."""
 
@@ -98,12 +158,23 @@ class ModelState:
         )
 
 
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+
+
 def install_common(app: FastAPI, state: ModelState) -> None:
-    """Add /health and the contract's error shape to a model server app."""
+    """Add /health, /ready and the contract's error shape to a model server app."""
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         return state.health()
+
+    @app.get("/ready", response_model=Ready, responses={503: {"description": "loading, or cannot load its models"}})
+    async def ready() -> Ready:
+        # For readiness probes: 200 only when the work routes would take a request. A server that
+        # got SIGTERM needs no flag here: uvicorn closes its socket first, so the probe is refused.
+        state.require_ready()
+        return Ready()
 
     @app.exception_handler(TaskfleetError)
     async def _taskfleet_error(_: Request, exc: TaskfleetError) -> JSONResponse:
@@ -118,6 +189,20 @@ def install_common(app: FastAPI, state: ModelState) -> None:
             details=exc.errors(),
         ).to_body()
         return JSONResponse(jsonable(body), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A route let a library error through (the server logs its traceback after this answer);
+        # an allocation failure still gets its own code.
+        if is_out_of_memory(exc):
+            error = out_of_memory(exc, "the request")
+            return JSONResponse(error.to_body(), status_code=error.status)
+        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
 
 
 def jsonable(value):  # pydantic error details may hold exceptions or bytes

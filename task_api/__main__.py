@@ -7,29 +7,44 @@ import logging
 import os
 
 import uvicorn
+from uvicorn.config import LOG_LEVELS
 
+from storage.errors import INVALID_CONFIG, StorageError
 from task_api.app import create_app
 from task_api.settings import ApiSettings
+from taskfleet.errors import ConfigError
+from taskfleet.settings_check import exit_on_bad_settings, fail, warn_unknown_names
 
+PROG = "taskfleet api"
 KEEP_ALIVE_S = 30
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="taskfleet api", description="Run the task API")
+    parser = argparse.ArgumentParser(prog=PROG, description="Run the task API")
     parser.add_argument("--host", default=None, help="bind address (TASKFLEET_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (TASKFLEET_PORT, default 8000)")
     parser.add_argument("--database-url", default=None, help="TASKFLEET_DATABASE_URL")
-    parser.add_argument("--log-level", default=os.environ.get("TASKFLEET_LOG_LEVEL", "info"))
+    parser.add_argument("--log-level", type=str.lower, choices=list(LOG_LEVELS), help="TASKFLEET_LOG_LEVEL (default info)")
     args = parser.parse_args(argv)
+    log_level = args.log_level or os.environ.get("TASKFLEET_LOG_LEVEL", "info").lower()
+    if log_level not in LOG_LEVELS:
+        fail(PROG, f"TASKFLEET_LOG_LEVEL: should be one of {', '.join(LOG_LEVELS)}")
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "database_url": args.database_url}.items() if v is not None}
-    settings = ApiSettings(**overrides)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(settings)
+    logging.basicConfig(level=LOG_LEVELS[log_level], format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with exit_on_bad_settings(PROG, flags=overrides):
+        settings = ApiSettings(**overrides)
+        warn_unknown_names("api")
+        try:
+            app = create_app(settings)
+        except StorageError as exc:
+            if exc.code != INVALID_CONFIG:
+                raise
+            raise ConfigError(f"TASKFLEET_STORAGE_URL: {exc.message}") from None
     # Idle connections stay open longer than the clients keep theirs (5 s), so a client never
     # sends a request on a connection the API is closing at that moment: a POST lost that way
     # could not be resent safely.
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False,
+        app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
         timeout_keep_alive=KEEP_ALIVE_S,
     )
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# The schemes task_api.db opens; checked here so a wrong one is a settings error at start.
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+asyncpg")
 
 
 def split_csv(value: str | None) -> list[str]:
@@ -45,6 +49,16 @@ class ApiSettings(BaseSettings):
     storage_url: str = Field(default_factory=lambda: f"file://{Path('var/storage').resolve()}")
     # Base URL at which this API is reached, for links to locally stored files.
     public_url: str = ""
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        scheme, colon, _ = value.partition(":")
+        if not colon or scheme not in DATABASE_SCHEMES:
+            # Only the scheme is repeated: the rest of the URL may carry a password.
+            what = f"scheme {scheme!r}" if colon else "a value that is not a URL"
+            raise ValueError(f"unsupported database URL: {what} (use sqlite:///PATH or postgresql://…)")
+        return value
 
     @property
     def token_sets(self) -> dict[str, list[str]]:

@@ -63,8 +63,12 @@ def _models(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] != "download" or argv[1] not in names:
         print(f"usage: taskfleet models download {{{','.join(names)}}} [options]", file=sys.stderr)
         sys.exit(2)
-    # The rest, --help included, belongs to that model server's download tool.
-    _delegate(f"model_servers.{argv[1]}.download", argv[2:])
+    from taskfleet.settings_check import exit_on_bad_settings
+
+    # The rest, --help included, belongs to that model server's download tool, which reads the
+    # server's settings (where the models go).
+    with exit_on_bad_settings(f"taskfleet models download {argv[1]}"):
+        _delegate(f"model_servers.{argv[1]}.download", argv[2:])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,10 +24,13 @@ from pathlib import Path
 
 import httpx
 
+from taskfleet.settings_check import exit_on_bad_settings, settings_class
+
 
 @dataclass
 class Service:
     name: str
+    kind: str  # its key in taskfleet.settings_check.KINDS
     module: str
     port: int | None
     env: dict[str, str] = field(default_factory=dict)
@@ -55,6 +58,7 @@ def plan(args: argparse.Namespace) -> list[Service]:
     services = [
         Service(
             "api",
+            "api",
             "task_api",
             args.port,
             {**common, "TASKFLEET_DATABASE_URL": os.environ.get("TASKFLEET_DATABASE_URL", f"sqlite:///{data / 'taskfleet.db'}")},
@@ -66,7 +70,7 @@ def plan(args: argparse.Namespace) -> list[Service]:
     if _has("cv2", "onnxruntime", "numpy"):
         servers["face_swap"] = "TASKFLEET_FACE_SWAP_URLS"
         services.append(Service(
-            "face_swap", "model_servers.face_swap", args.port + 101,
+            "face_swap", "face_swap", "model_servers.face_swap", args.port + 101,
             {**common, "TASKFLEET_FACE_SWAP_ENGINE": os.environ.get("TASKFLEET_FACE_SWAP_ENGINE", "lite"),
              "TASKFLEET_MODELS_DIR": os.environ.get("TASKFLEET_MODELS_DIR", str(data / "models"))},
             ["--host", "127.0.0.1", "--port", str(args.port + 101)],
@@ -75,14 +79,14 @@ def plan(args: argparse.Namespace) -> list[Service]:
     if os.environ.get("TASKFLEET_FLUX_MODEL") and _has("torch", "diffusers"):
         servers["flux"] = "TASKFLEET_FLUX_URLS"
         services.append(Service(
-            "flux", "model_servers.flux", args.port + 102, dict(common),
+            "flux", "flux", "model_servers.flux", args.port + 102, dict(common),
             ["--host", "127.0.0.1", "--port", str(args.port + 102)],
         ))
         workflows.append("image_gen")
     if shutil.which("espeak-ng") or os.environ.get("TASKFLEET_TTS_ENGINE") == "piper":
         servers["tts"] = "TASKFLEET_TTS_URLS"
         services.append(Service(
-            "tts", "model_servers.tts", args.port + 103,
+            "tts", "tts", "model_servers.tts", args.port + 103,
             {**common, "TASKFLEET_TTS_ENGINE": os.environ.get("TASKFLEET_TTS_ENGINE", "espeak")},
             ["--host", "127.0.0.1", "--port", str(args.port + 103)],
         ))
@@ -94,7 +98,7 @@ def plan(args: argparse.Namespace) -> list[Service]:
     consumer_env["TASKFLEET_WORKFLOWS"] = ",".join(workflows)
     consumer_env["TASKFLEET_CONCURRENCY"] = str(args.concurrency)
     for i in range(args.consumers):
-        services.append(Service(f"consumer-{i + 1}", "consumer", None, dict(consumer_env)))
+        services.append(Service(f"consumer-{i + 1}", "consumer", "consumer", None, dict(consumer_env)))
     return services
 
 
@@ -197,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     services = plan(args)
+    # Every process would refuse a bad setting on its own; checked here first, it is one line
+    # and exit code 2 before anything starts, instead of a stack torn down half-way up.
+    with exit_on_bad_settings("taskfleet up"):
+        for kind in sorted({svc.kind for svc in services}):
+            settings_class(kind)()
     stopping = False
 
     def on_signal(signum, _frame):

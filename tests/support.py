@@ -1,4 +1,5 @@
-"""Test support shared by every area: free ports, fresh Postgres databases, real server processes."""
+"""Test support shared by every area: free ports, fresh Postgres databases, real server processes,
+apps served by uvicorn in a thread."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -145,3 +147,48 @@ def wait_done(client: httpx.Client, task_id: str, timeout_s: float = 120) -> dic
             return task
         time.sleep(0.1)
     raise AssertionError(f"task {task_id} did not finish: {task}")
+
+
+@contextmanager
+def task_fleet(tmp_path: Path, workflow: str, **consumer_env: str) -> Iterator[httpx.Client]:
+    """A task API on SQLite whose retries wait only a moment, and one consumer serving ``workflow``.
+
+    Yields a client of the API; the model servers are the caller's (``consumer_env`` names them).
+    """
+    api = api_process(
+        f"sqlite:///{tmp_path / 'tasks.db'}", tmp_path, TASKFLEET_BACKOFF_BASE_S="0.05", TASKFLEET_BACKOFF_MAX_S="0.2"
+    )
+    with api, consumer_process(api.url, tmp_path, workflow, **consumer_env):
+        with httpx.Client(base_url=api.url, timeout=30, trust_env=False) as client:
+            yield client
+
+
+class LiveServer:
+    """A real uvicorn serving an app on a loopback port, in a thread of this process."""
+
+    def __init__(self, app, *, wait_loaded: bool = True) -> None:
+        import uvicorn
+
+        self.wait_loaded = wait_loaded
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        while self.wait_loaded and httpx.get(self.url + "/health", trust_env=False).json()["status"] == "loading":
+            if time.monotonic() > deadline:
+                raise RuntimeError("models did not load")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

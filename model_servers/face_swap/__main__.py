@@ -7,16 +7,21 @@ import argparse
 import uvicorn
 
 from model_servers.face_swap.settings import FaceSwapSettings
+from taskfleet.settings_check import exit_on_bad_settings, warn_unknown_names
+
+PROG = "taskfleet model-server face_swap"
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = FaceSwapSettings()
-    parser = argparse.ArgumentParser(prog="taskfleet model-server face_swap", description=__doc__)
+    with exit_on_bad_settings(PROG):
+        settings = FaceSwapSettings()
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
     parser.add_argument("--engine", choices=["insightface", "lite"], default=settings.face_swap_engine)
     parser.add_argument("--models-dir", default=settings.models_dir)
     args = parser.parse_args(argv)
+    warn_unknown_names("face_swap")
     settings = settings.model_copy(
         update={"host": args.host, "port": args.port, "face_swap_engine": args.engine, "models_dir": args.models_dir}
     )

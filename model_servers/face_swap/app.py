@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from model_servers.base import ModelState, install_common, jsonable
+from model_servers.base import ModelState, install_common, is_out_of_memory, jsonable, out_of_memory
 from model_servers.face_swap.engine import Engine
 from model_servers.face_swap.engine_factory import build_engine
 from model_servers.face_swap.media import Tools, find_tools
@@ -188,7 +188,12 @@ class JobRun:
             raise
         except TaskfleetError as exc:
             self.events.put_nowait(("error", exc))
-        except Exception as exc:  # a library failure we did not foresee: report it, keep serving
+        except Exception as exc:
+            if is_out_of_memory(exc):  # ONNX Runtime's arena (CPU or GPU), or numpy
+                log.warning("face swap job ran out of memory: %s", exc)
+                self.events.put_nowait(("error", out_of_memory(exc, "the face swap")))
+                return
+            # A library failure we did not foresee: report it, keep serving.
             log.exception("face swap job failed")
             self.events.put_nowait(("error", TaskfleetError(f"face swap failed: {exc}", code="face_swap_failed", retryable=True)))
 

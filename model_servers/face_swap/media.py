@@ -244,6 +244,9 @@ def read_image(path: Path, info: MediaInfo, max_pixels: int) -> np.ndarray:
 
 
 def write_image(img: np.ndarray, path: Path, fmt: str) -> None:
+    if fmt == "gif":
+        _write_gif(img, path)
+        return
     params = {
         "jpg": [cv2.IMWRITE_JPEG_QUALITY, 95],
         "webp": [cv2.IMWRITE_WEBP_QUALITY, 95],
@@ -253,6 +256,15 @@ def write_image(img: np.ndarray, path: Path, fmt: str) -> None:
     if not ok:
         raise MediaToolError(f"could not encode {fmt}")
     path.write_bytes(buf.tobytes())
+
+
+def _write_gif(img: np.ndarray, path: Path) -> None:
+    """A one-frame gif of a still (what the seed returned); OpenCV builds need not have a gif writer."""
+    from PIL import Image
+
+    rgb = Image.fromarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    # An adaptive palette of the picture's own 256 colours, dithered: a photo survives the gif limit.
+    rgb.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(path, format="GIF")
 
 
 def fit_size(width: int, height: int, box: tuple[int, int] | None, *, even: bool) -> tuple[int, int]:

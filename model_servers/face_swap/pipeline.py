@@ -46,6 +46,7 @@ from taskfleet.workflows.face_swap import IMAGE_FORMATS, FaceSwapOptions
 from taskfleet.workflows.face_swap_wire import OutputFile
 
 Report = Callable[[float, str], None]
+STILL_FORMATS = (*IMAGE_FORMATS, "gif")  # what an image target can be written as
 
 
 @dataclass
@@ -110,7 +111,11 @@ class Job:
         out, faces = swapper.swap(img)
         if faces == 0:
             raise NoTargetFace("no face found in the target image")
-        wanted = [f for f in (self.options.output_formats or []) if f in IMAGE_FORMATS] or [info.format]
+        stills = [f for f in self.options.output_formats or [] if f in STILL_FORMATS]
+        # The main output is an image format (the first asked, else the target's own); a gif is
+        # only ever an extra beside it, as a video's previews are: one frame, the swapped still.
+        main = next((f for f in stills if f in IMAGE_FORMATS), info.format)
+        wanted = [main, *stills]
         outputs = []
         for i, fmt in enumerate(dict.fromkeys(wanted)):
             path = self.workdir / f"output.{fmt}"

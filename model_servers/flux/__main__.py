@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
+from taskfleet.settings_check import exit_on_bad_settings, warn_unknown_names
+
+PROG = "taskfleet model-server flux"
+
 
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
@@ -12,12 +16,14 @@ def main(argv: list[str] | None = None) -> None:
     from model_servers.flux.app import create_app
     from model_servers.flux.settings import FluxSettings
 
-    settings = FluxSettings()
-    parser = argparse.ArgumentParser(prog="taskfleet model-server flux", description=__doc__.splitlines()[0])
+    with exit_on_bad_settings(PROG):
+        settings = FluxSettings()
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warn_unknown_names("flux")
     settings = settings.model_copy(update={"host": args.host, "port": args.port})
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
 

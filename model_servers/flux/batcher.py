@@ -10,6 +10,9 @@ LoRA isolation: adapters live in the one shared transformer, so a pipeline call 
 adapter is active while it runs. Calls may overlap (``gpu_slots`` > 1) only when they use the same
 adapter setting; a call that needs another one waits until the running calls have finished, then
 switches. Jobs are taken in arrival order, so a LoRA change cannot be starved.
+
+A call of several requests that runs out of memory is run again request by request, so a request
+that fits alone is not failed for the company it was batched with.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from model_servers.base import OutOfMemory
 
 log = logging.getLogger("model_servers.flux")
 
@@ -165,28 +170,42 @@ class Batcher:
 
     async def _run(self, batch: list[Job]) -> None:
         try:
-            prompts = [job.prompt for job in batch for _ in job.seeds]
-            seeds = [seed for job in batch for seed in job.seeds]
             try:
-                images = await asyncio.to_thread(
-                    self.engine.generate, prompts, seeds, **batch[0].params.pipeline_kwargs()
-                )
-            except BaseException as exc:
-                self._fail(batch, exc)
-                if not isinstance(exc, Exception):
+                await self._call(batch)
+            except OutOfMemory:
+                if len(batch) == 1:
                     raise
-                return
-            at = 0
-            for job in batch:
-                n = len(job.seeds)
-                if not job.future.done():
-                    job.future.set_result(BatchResult(images[at : at + n], len(seeds), len(batch)))
-                at += n
+                # The batch may be what did not fit, not any one request: each gets a call of its
+                # own before an out-of-memory failure is counted against it.
+                log.warning("a call of %d requests ran out of memory; running them one by one", len(batch))
+                for job in batch:
+                    if job.future.done():
+                        continue
+                    try:
+                        await self._call([job])
+                    except Exception as exc:
+                        self._fail([job], exc)
+        except BaseException as exc:
+            self._fail(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._running -= 1
             if self._running == 0:
                 self._idle.set()
             self._slots.release()
+
+    async def _call(self, batch: list[Job]) -> None:
+        """One pipeline call for ``batch``; each job's future gets its images."""
+        prompts = [job.prompt for job in batch for _ in job.seeds]
+        seeds = [seed for job in batch for seed in job.seeds]
+        images = await asyncio.to_thread(self.engine.generate, prompts, seeds, **batch[0].params.pipeline_kwargs())
+        at = 0
+        for job in batch:
+            n = len(job.seeds)
+            if not job.future.done():
+                job.future.set_result(BatchResult(images[at : at + n], len(seeds), len(batch)))
+            at += n
 
     @staticmethod
     def _fail(batch: list[Job], exc: BaseException) -> None:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from taskfleet.errors import InvalidInput, TaskfleetError, Unavailable
+from taskfleet.errors import InvalidInput, TaskfleetError
 
+from model_servers.base import is_out_of_memory, out_of_memory
 from model_servers.flux.settings import FluxSettings
 
 if TYPE_CHECKING:
@@ -182,6 +183,8 @@ class FluxEngine:
                     pipe.load_lora_weights(str(path), adapter_name=name)
                 except Exception as exc:  # a corrupt file or one made for another model
                     self._forget_adapter(name)
+                    if is_out_of_memory(exc):
+                        raise out_of_memory(exc, f"loading LoRA {name!r}") from exc
                     raise InvalidInput(f"LoRA {name!r} could not be loaded: {exc}", code="lora_invalid") from exc
                 self._loaded_loras[name] = None
             pipe.enable_lora()
@@ -239,12 +242,13 @@ class FluxEngine:
                     generator=generators,
                     output_type="pil",
                 )
-        except torch.cuda.OutOfMemoryError as exc:
-            torch.cuda.empty_cache()
-            raise Unavailable("the GPU ran out of memory; try again or ask for a smaller size", code="out_of_memory") from exc
         except TaskfleetError:
             raise
         except Exception as exc:
+            if is_out_of_memory(exc):
+                # Give the failed call's blocks back, so the next call does not start fragmented.
+                torch.cuda.empty_cache()
+                raise out_of_memory(exc, f"a {width}x{height} call of {len(prompts)} image(s)") from exc
             log.exception("pipeline call failed")
             raise TaskfleetError(f"image generation failed: {exc}", code="generation_failed", retryable=True) from exc
         return list(out.images)

@@ -28,4 +28,9 @@ and ``X-Sample-Rate`` headers.
 
 ``GET /voices``: ``{"engine", "default_voice", "voices": [{"name", "language", "sample_rate",
 "engine", "clones_voice", "speakers"}]}``.
+
+``GET /ready``: 200 ``{"status": "ready"}`` once the engine is loaded, else 503 (for readiness
+probes). A synthesis that cannot allocate answers ``500 out_of_memory``, retryable: the consumer
+counts the attempt, so the task's ``max_attempts`` bounds it. Every error, unknown routes (404) and
+wrong methods (405) included, is ``{"error": {"code", "message"}}``.
 """

@@ -21,7 +21,7 @@ from taskfleet.errors import EngineUnavailable, InvalidInput, TaskfleetError
 from taskfleet.scratch import Scratch
 from taskfleet.workflows.tts_wire import TtsMetadata, multipart_body
 
-from model_servers.base import ModelState, install_common
+from model_servers.base import ModelState, install_common, is_out_of_memory, out_of_memory
 from model_servers.tts.audio import find_ffmpeg
 from model_servers.tts.engine import Engine
 from model_servers.tts.engine_factory import open_engine
@@ -140,6 +140,9 @@ def create_app(settings: TtsSettings | None = None, engine: Engine | None = None
             raise
         except Exception as exc:
             shutil.rmtree(workdir, ignore_errors=True)
+            if is_out_of_memory(exc):  # piper's ONNX Runtime session, or the samples themselves
+                log.warning("synthesis ran out of memory: %s", exc)
+                raise out_of_memory(exc, "synthesis") from exc
             log.exception("synthesis failed")
             raise TaskfleetError(f"synthesis failed: {exc}", code="synthesis_failed") from exc
 

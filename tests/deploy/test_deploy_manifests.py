@@ -117,6 +117,9 @@ def test_each_process_is_given_only_names_its_own_settings_read(container):
     assert not stray, f"{container.where} ({container.module}, {cls.__name__}) ignores {stray}"
 
 
+SECRET_STAND_INS = {"TASKFLEET_DATABASE_URL": "postgresql://taskfleet:from-a-secret@postgres/taskfleet"}
+
+
 @pytest.mark.parametrize("container", CONTAINERS, ids=lambda c: c.where)
 def test_each_process_accepts_the_values_it_is_given(container, monkeypatch):
     import os
@@ -126,8 +129,10 @@ def test_each_process_accepts_the_values_it_is_given(container, monkeypatch):
             monkeypatch.delenv(name)
     for name, value in container.env.items():
         if name.startswith(PREFIX):
-            # Values from Secrets or compose interpolation are opaque strings here.
-            monkeypatch.setenv(name, "from-a-secret" if value is dm.SECRET or value is None else value)
+            # Values from Secrets or compose interpolation are opaque here: a stand-in of the
+            # shape the setting checks.
+            stand_in = SECRET_STAND_INS.get(name, "from-a-secret")
+            monkeypatch.setenv(name, stand_in if value is dm.SECRET or value is None else value)
     settings = SETTINGS_BY_MODULE[container.module]()  # raises on a value the field rejects
     for name, value in container.env.items():
         field = settings_field(type(settings), name)

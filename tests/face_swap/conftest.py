@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 import face_swap_tiny
-from face_swap_helpers import LiveServer, make_clip, settings_for
+from face_swap_helpers import make_clip, settings_for
 from model_servers.face_swap.media import find_tools
+from support import LiveServer
 
 
 @pytest.fixture(scope="session")

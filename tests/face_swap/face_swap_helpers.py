@@ -1,4 +1,4 @@
-"""Helpers for the face-swap tests: clips made by ffmpeg, stream inspection, live servers, a client."""
+"""Helpers for the face-swap tests: clips made by ffmpeg, stream inspection, a client, engine doubles."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from model_servers.face_swap.settings import FaceSwapSettings
 
@@ -45,35 +44,6 @@ def stream_types(tools, path: Path) -> list[str]:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
-
-
-class LiveServer:
-    """A real uvicorn serving an app on a loopback port, in a thread of this process."""
-
-    def __init__(self, app, *, wait_loaded: bool = True) -> None:
-        self.wait_loaded = wait_loaded
-        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        while self.wait_loaded and httpx.get(self.url + "/health", trust_env=False).json()["status"] == "loading":
-            if time.monotonic() > deadline:
-                raise RuntimeError("models did not load")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def settings_for(models_dir: Path, **kw) -> FaceSwapSettings:
@@ -116,6 +86,17 @@ def post_process(url: str, source: Path, target: Path, options: dict | None = No
     return 200, events, files
 
 
+def video_codec(tools, path: Path) -> tuple[str, str]:
+    """The first video stream's codec and its tag in the container (``hvc1`` makes Apple players open HEVC)."""
+    out = subprocess.run(
+        [tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name,codec_tag_string",
+         "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    name, tag = out.stdout.strip().split(",")
+    return name, tag
+
+
 class GateEngine:
     """Swaps nothing; each frame waits on ``gate`` (or sleeps ``frame_s``) and is counted."""
 
@@ -149,4 +130,50 @@ class GateEngine:
         finally:
             with self.lock:
                 self.running -= 1
+        return frame, 1
+
+
+def oversized_session():
+    """An ONNX Runtime session whose one node asks for an exabyte of floats.
+
+    More than any address space, so every run fails at once, touching nothing, with ORT's own
+    allocation error (raised by the same memory arena that reports a GPU running out).
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [0.0])
+    node = helper.make_node("ConstantOfShape", ["shape"], ["out"], value=fill)
+    graph = helper.make_graph(
+        [node], "oversized",
+        [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+class OutOfMemoryEngine:
+    """An engine whose every frame runs ``oversized_session``; ``jobs`` counts the jobs it started."""
+
+    name, device = "oversized", "cpu"
+    enhanced = parallel = False
+
+    def __init__(self) -> None:
+        self.session = None
+        self.jobs = 0
+
+    def load(self) -> str:
+        self.session = oversized_session()
+        return "oversized ready"
+
+    def start(self, source, options, *, video):
+        self.jobs += 1
+        return self
+
+    def swap(self, frame):
+        import numpy as np
+
+        self.session.run(None, {"shape": np.array([1 << 58], np.int64)})
         return frame, 1

@@ -156,3 +156,17 @@ def test_lite_eye_alignment(photos):
     dst = np.array([[100, 100], [100, 180]], np.float32)  # rotated 90 degrees, twice the size
     m = eye_transform(src, dst)
     assert np.allclose(src @ m[:, :2].T + m[:, 2], dst, atol=1e-4)
+
+
+def test_only_allocation_failures_of_onnx_runtime_count_as_out_of_memory():
+    from face_swap_helpers import oversized_session
+    from model_servers.base import is_out_of_memory
+
+    session = oversized_session()
+    with pytest.raises(Exception) as oom:
+        session.run(None, {"shape": np.array([1 << 58], np.int64)})
+    with pytest.raises(Exception) as bad_input:  # ORT's error for an input the model does not have
+        session.run(None, {"size": np.array([1], np.int64)})
+    assert is_out_of_memory(oom.value)
+    assert not is_out_of_memory(bad_input.value)
+    assert not is_out_of_memory(RuntimeError("Failed to allocate memory"))  # not from ORT

@@ -7,7 +7,9 @@ import httpx
 import numpy as np
 import pytest
 
-from support import ServerProcess, api_process, consumer_process, free_port, wait_done
+from face_swap_helpers import OutOfMemoryEngine, settings_for
+from model_servers.face_swap.app import create_app
+from support import LiveServer, ServerProcess, api_process, consumer_process, free_port, task_fleet, wait_done
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -89,3 +91,23 @@ def test_bad_input_is_refused_before_it_is_queued(fleet):
     with httpx.Client(base_url=fleet.url, timeout=30, trust_env=False) as client:
         for body in ({"source_url": "https://x/a.jpg"}, {"source_url": "a", "target_url": "b", "video_quality": 500}):
             assert client.post("/api/face-swap/create-task", json=body).status_code == 422
+
+
+def test_out_of_memory_counts_each_attempt_and_fails_the_task_after_max_attempts(tmp_path, photos):
+    engine = OutOfMemoryEngine()
+    with LiveServer(create_app(settings_for(tmp_path), engine=engine)) as server:
+        with task_fleet(tmp_path, "face_swap", TASKFLEET_FACE_SWAP_URLS=server.url) as client:
+            body = {
+                "workflow": "face_swap",
+                "input": {
+                    "source_url": upload(client, photos["hopper"], "image/jpeg"),
+                    "target_url": upload(client, photos["astronaut"], "image/png"),
+                },
+                "max_attempts": 2,
+            }
+            created = client.post("/api/tasks", json=body)
+            assert created.status_code == 201, created.text
+            task = wait_done(client, created.json()["task_id"], timeout_s=60)
+    assert task["status"] == "FAILED" and task["attempts"] == 2, task
+    assert task["error"]["code"] == "out_of_memory"
+    assert engine.jobs == 2

@@ -89,6 +89,18 @@ async def test_image_result(tmp_path, storage, lite_server, photos):
     assert out["metadata"]["faces_detected"] == 1 and out["metadata"]["frames_processed"] == 1
 
 
+async def test_image_result_in_jpg_gif_and_webp_has_the_seed_urls(tmp_path, storage, lite_server, photos):
+    source = await storage.put_file("inputs/hopper.jpg", photos["hopper"])
+    target = await storage.put_file("inputs/astronaut.png", photos["astronaut"])
+    data = {"source_url": source.storage_url, "target_url": target.storage_url, "output_formats": ["jpg", "gif", "webp"]}
+    out, _ = await run(tmp_path, storage, lite_server.url, data)
+    meta = out["metadata"]
+    assert out["output_path"].endswith("/output.jpg")
+    assert meta["gif_url"].endswith("/output.gif") and meta["webp_url"].endswith("/output.webp")
+    key = storage.output_key("face_swap", "tsk_fs1", "output.gif")
+    assert (await storage.get_bytes(key))[:3] == b"GIF"
+
+
 async def test_no_face_fails_for_good(tmp_path, storage, lite_server, photos):
     source = await storage.put_file("inputs/noface.jpg", photos["noface"])
     target = await storage.put_file("inputs/astronaut.png", photos["astronaut"])
@@ -136,8 +148,9 @@ async def test_a_cancel_stops_the_server_side_job(tmp_path, storage, photos, cli
     import httpx
 
     from consumer.errors import TaskCancelled
-    from face_swap_helpers import GateEngine, LiveServer, settings_for
+    from face_swap_helpers import GateEngine, settings_for
     from model_servers.face_swap.app import create_app
+    from support import LiveServer
 
     engine = GateEngine(frame_s=0.05)  # 50 frames: 2.5 s if nobody stops it
     settings = settings_for(tmp_path / "models", progress_every_frames=2, batch_frames=2)

@@ -6,12 +6,15 @@ import subprocess
 
 import cv2
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 import face_swap_tiny
-from face_swap_helpers import LiveServer, count_frames, post_process, settings_for, stream_types
+from face_swap_helpers import OutOfMemoryEngine, count_frames, post_process, settings_for, stream_types, video_codec
 from model_servers.face_swap.app import create_app
 from model_servers.face_swap.media import probe_video
+from support import LiveServer
 
 
 def test_lite_image_swap_in_requested_formats(lite_server, photos):
@@ -67,8 +70,6 @@ def _first_frame(tools, path):
         [tools.ffmpeg, "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
         capture_output=True, check=True,
     ).stdout  # fmt: skip
-    import numpy as np
-
     return np.frombuffer(raw, np.uint8).reshape(256, 256, 3)
 
 
@@ -155,12 +156,91 @@ def test_missing_models_unhealthy_and_503(tmp_path, photos):
         assert health["model_loaded"] is False and health["models_directory"] == str(tmp_path)
         status, body, _ = post_process(server.url, photos["hopper"], photos["astronaut"])
         assert status == 503 and body["error"]["code"] == "model_unavailable"
+        ready = httpx.get(server.url + "/ready", trust_env=False)
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "model_unavailable"
+        assert "models missing" in ready.json()["error"]["message"]
 
 
-def test_image_target_ignores_video_formats(lite_server, photos):
+def test_ready_unknown_routes_and_wrong_methods_answer_in_the_error_shape(lite_server):
+    ready = httpx.get(lite_server.url + "/ready", trust_env=False)
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    unknown = httpx.get(lite_server.url + "/swap", trust_env=False)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    wrong = httpx.get(lite_server.url + "/process", trust_env=False)
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_image_target_gets_a_one_frame_gif_beside_its_image_and_no_mp4(lite_server, photos):
     status, events, files = post_process(lite_server.url, photos["hopper"], photos["astronaut"], {"output_formats": ["gif", "mp4"]})
     assert status == 200
-    assert list(files) == ["output.png"]  # the target's own format when no image format was asked for
+    # The main output stays an image (the target's own format when no image format was asked for).
+    assert list(files) == ["output.png", "output.gif"]
+    with Image.open(files["output.gif"]) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 1 and gif.size == (512, 512)
+
+
+def test_image_target_in_jpg_gif_and_webp(lite_server, photos):
+    status, events, files = post_process(
+        lite_server.url, photos["hopper"], photos["astronaut"], {"output_formats": ["jpg", "gif", "webp"]}
+    )
+    assert status == 200, events
+    (_, result), = [e for e in events if e[0] == "result"]
+    assert [(o["name"], o["content_type"], o["role"]) for o in result["outputs"]] == [
+        ("output.jpg", "image/jpeg", "main"), ("output.gif", "image/gif", "extra"), ("output.webp", "image/webp", "extra"),
+    ]
+    jpg = cv2.imread(str(files["output.jpg"]))
+    with Image.open(files["output.gif"]) as gif:
+        assert gif.n_frames == 1
+        still = cv2.cvtColor(np.asarray(gif.convert("RGB")), cv2.COLOR_RGB2BGR)
+    # The gif is the swapped picture, not the target: its face is the jpg's, not the original's.
+    original = cv2.imread(str(photos["astronaut"]))
+    face = (slice(70, 170), slice(180, 260))
+    assert np.abs(still[face].astype(int) - jpg[face]).mean() < np.abs(still[face].astype(int) - original[face]).mean() / 2
+    assert cv2.imread(str(files["output.webp"])).shape == jpg.shape
+
+
+def test_video_encoder_and_quality_change_the_output(lite_server, photos, clips, tools):
+    outputs = {}
+    for label, options in {
+        "h264 low": {"video_quality": 10},
+        "h264 high": {"video_quality": 100},
+        "hevc low": {"video_quality": 10, "video_encoder": "libx265"},
+    }.items():
+        status, events, files = post_process(lite_server.url, photos["astronaut"], clips["silent"], options)
+        assert status == 200, (label, events)
+        outputs[label] = files["output.mp4"]
+    assert video_codec(tools, outputs["h264 low"]) == ("h264", "avc1")
+    assert video_codec(tools, outputs["hevc low"]) == ("hevc", "hvc1")
+    assert count_frames(tools, outputs["hevc low"]) == count_frames(tools, outputs["h264 low"])
+    # Quality 100 is CRF 0 (lossless), quality 10 is CRF 46: an order of magnitude apart.
+    assert outputs["h264 high"].stat().st_size > 5 * outputs["h264 low"].stat().st_size
+
+
+def test_keep_audio_false_drops_the_audio_of_a_clip_that_has_some(lite_server, photos, clips, tools):
+    assert stream_types(tools, clips["audio"]) == ["video", "audio"]
+    status, events, files = post_process(lite_server.url, photos["astronaut"], clips["audio"], {"keep_audio": False})
+    assert status == 200, events
+    assert stream_types(tools, files["output.mp4"]) == ["video"]
+    (_, result), = [e for e in events if e[0] == "result"]
+    assert result["metadata"]["audio"] is False and result["metadata"]["frames_processed"] == 50
+
+
+def test_out_of_memory_is_a_retryable_failure_with_its_own_code(tmp_path, photos, clips):
+    engine = OutOfMemoryEngine()
+    with LiveServer(create_app(settings_for(tmp_path), engine=engine)) as server:
+        # An image fails before anything was sent: a plain HTTP error the consumer counts as an attempt.
+        status, body, _ = post_process(server.url, photos["hopper"], photos["astronaut"])
+        assert status == 500 and body["error"]["code"] == "out_of_memory"
+        assert "Failed to allocate memory" in body["error"]["message"]
+        # A video fails after its first progress part: the error part says the same, and retryable.
+        status, events, files = post_process(server.url, photos["hopper"], clips["silent"])
+        assert status == 200 and events[0][0] == "progress" and not files
+        kind, part = events[-1]
+        assert kind == "error" and part["error"]["code"] == "out_of_memory"
+        assert part["retryable"] is True and part["status"] == 500
+        # Running out of memory is not an outage: the server stays ready for the next job.
+        assert httpx.get(server.url + "/ready", trust_env=False).status_code == 200
+        assert engine.jobs == 2
 
 
 def test_jobs_use_the_servers_scratch_folder_and_a_killed_servers_leftovers_go(tmp_path, photos):

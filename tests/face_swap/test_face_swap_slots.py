@@ -7,8 +7,9 @@ import time
 
 import httpx
 
-from face_swap_helpers import GateEngine, LiveServer, post_process, settings_for
+from face_swap_helpers import GateEngine, post_process, settings_for
 from model_servers.face_swap.app import create_app
+from support import LiveServer
 
 
 def health(url):
@@ -100,9 +101,13 @@ def test_health_says_loading_until_models_are_in(tmp_path, photos):
         assert h["status"] == "loading" and h["model_loaded"] is False
         status, body, _ = post_process(server.url, photos["hopper"], photos["astronaut"])
         assert status == 503 and body["error"]["code"] == "model_unavailable"
+        ready = httpx.get(server.url + "/ready", trust_env=False)
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "model_unavailable"
+        assert ready.headers["retry-after"] == "5"
         engine.gate.set()
         assert wait_for(lambda: health(server.url)["status"] == "healthy")
         assert health(server.url)["message"] == "loaded"
+        assert httpx.get(server.url + "/ready", trust_env=False).status_code == 200
 
 
 def test_a_load_that_crashes_leaves_the_server_up_and_unhealthy(tmp_path):

@@ -94,3 +94,28 @@ def flux_server(tiny_flux):
     assert server.wait_status(("healthy",))["status"] == "healthy"
     yield server
     server.close()
+
+
+@pytest.fixture
+def failing_flux(start_flux_server, tiny_flux):
+    """A Flux server on the tiny model whose pipeline calls run ``server.fail_with(fault)``'s fault.
+
+    The fault stands in for the diffusers call inside the real engine, so what it raises goes
+    through the engine, the batcher and the routes as a real failure would; ``server.pipeline_calls``
+    counts the calls.
+    """
+    server = start_flux_server(flux_model=str(tiny_flux["model"]), lora_dir=str(tiny_flux["loras"]), flux_cpu_threads=1)
+    assert server.wait_status(("healthy",))["status"] == "healthy"
+    server.pipeline_calls = 0
+
+    def fail_with(fault) -> None:
+        def pipeline_call(**_):
+            server.pipeline_calls += 1
+            fault()
+
+        server.app.state.flux_engine._call_view = lambda: pipeline_call
+
+    server.fail_with = fail_with
+    yield server
+    server.close()
+

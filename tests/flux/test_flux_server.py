@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flux_faults import cpu_out_of_memory, cuda_out_of_memory
+
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "max_sequence_length": 32}
 
 
@@ -210,6 +212,9 @@ async def test_missing_model_is_unhealthy_and_generate_is_503(tmp_path, start_fl
         r = httpx.post(server.url + "/generate", json={"prompt": "a cat"})
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "model_unavailable"
+        ready = httpx.get(server.url + "/ready")
+        assert ready.status_code == 503
+        assert ready.json()["error"] == {"code": "model_unavailable", "message": health["message"]}
     finally:
         server.close()
 
@@ -250,3 +255,39 @@ async def test_loras_past_the_cap_are_unloaded_and_reloaded_when_asked_for(flux_
         assert loaded == {"transformer": ["style_b"]}
     finally:
         server.close()
+
+
+async def test_ready_unknown_routes_and_wrong_methods_answer_in_the_error_shape(flux_server):
+    async with httpx.AsyncClient(base_url=flux_server.url) as client:
+        ready = await client.get("/ready")
+        assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+        unknown = await client.get("/generate/nope")
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+        wrong = await client.get("/generate")
+        assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+        assert wrong.headers["allow"] == "POST"
+        bad = await client.post("/generate", content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
+
+
+@pytest.mark.parametrize("fault", [cuda_out_of_memory, cpu_out_of_memory])
+async def test_out_of_memory_is_a_500_with_its_own_code_not_an_outage(failing_flux, fault):
+    failing_flux.fail_with(fault)
+    body = await generate(failing_flux, expect=500)
+    assert body["error"]["code"] == "out_of_memory"
+    assert "allocate" in body["error"]["message"]
+    # The server is not down: the next request (and the readiness probe) still gets through.
+    assert httpx.get(failing_flux.url + "/ready").status_code == 200
+    assert failing_flux.pipeline_calls == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"), [(MemoryError(), 500, "out_of_memory"), (ValueError("a bug"), 500, "internal_error")]
+)
+async def test_an_error_no_route_foresaw_still_answers_in_the_error_shape(flux_server, monkeypatch, error, status, code):
+    def encode(*_):
+        raise error
+
+    monkeypatch.setattr("model_servers.flux.app.encode_image", encode)
+    body = await generate(flux_server, expect=status)
+    assert body["error"]["code"] == code

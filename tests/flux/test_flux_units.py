@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from model_servers.base import OutOfMemory
 from model_servers.flux.batcher import Batcher, CallParams
 from model_servers.flux.engine import detect_variant, round_size
 from taskfleet.errors import InvalidInput
@@ -29,6 +30,8 @@ class FakeEngine:
         self.active: tuple | None = None
         self.lock = threading.Lock()
         self.fail_prompt: str | None = None
+        self.max_images: int | None = None  # a call with more images runs out of memory
+        self.oom_prompt: str | None = None  # a prompt that runs out of memory even alone
 
     def use_lora(self, name, weight):
         with self.lock:
@@ -46,6 +49,8 @@ class FakeEngine:
             self.gate.wait(10)
             if self.fail_prompt in prompts:
                 raise RuntimeError("boom")
+            if self.oom_prompt in prompts or (self.max_images is not None and len(prompts) > self.max_images):
+                raise OutOfMemory("out of memory")
             return [f"{p}:{s}:{self.active}" for p, s in zip(prompts, seeds)]
         finally:
             with self.lock:
@@ -139,6 +144,24 @@ async def test_a_failed_call_fails_its_batch_and_the_next_still_runs(make_batche
     with pytest.raises(RuntimeError):
         await b.submit(params(), "bad", [1])
     assert (await b.submit(params(), "good", [2])).images == ["good:2:None"]
+
+
+async def test_a_batch_that_runs_out_of_memory_is_run_request_by_request(make_batcher):
+    engine = FakeEngine()
+    engine.gate.clear()
+    engine.max_images, engine.oom_prompt = 2, "huge"
+    b = make_batcher(engine, gpu_slots=1, max_batch=4)
+    first = asyncio.create_task(b.submit(params(), "p0", [0]))
+    await wait_for(lambda: len(engine.calls) == 1)
+    batched = [asyncio.create_task(b.submit(params(), p, [i])) for i, p in enumerate(("a", "huge", "b"), 1)]
+    await wait_for(lambda: b.queued == 3)
+    engine.gate.set()
+    await first
+    a, huge, b_ = await asyncio.gather(*batched, return_exceptions=True)
+    assert [c[0] for c in engine.calls] == [["p0"], ["a", "huge", "b"], ["a"], ["huge"], ["b"]]
+    # Only the request that does not fit even alone fails; the others were not failed for the company.
+    assert a.images == ["a:1:None"] and b_.images == ["b:3:None"] and a.batch_requests == 1
+    assert isinstance(huge, OutOfMemory)
 
 
 async def test_a_cancelled_request_is_not_generated(make_batcher):

@@ -8,7 +8,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from support import ServerProcess, api_process, consumer_process, free_port, wait_done
+from flux_faults import cuda_out_of_memory
+from support import ServerProcess, api_process, consumer_process, free_port, task_fleet, wait_done
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -85,3 +86,17 @@ def test_an_unknown_lora_fails_the_task_once_with_its_code(fleet):
         assert r.json()["error"]["code"] == "lora_not_found"
         task = client.get(f"/api/tasks/{r.json()['task_id']}").json()
         assert task["status"] == "FAILED" and task["attempts"] == 1
+
+
+def test_out_of_memory_counts_each_attempt_and_fails_the_task_after_max_attempts(tmp_path, failing_flux):
+    failing_flux.fail_with(cuda_out_of_memory)
+    with task_fleet(tmp_path, "image_gen", TASKFLEET_FLUX_URLS=failing_flux.url) as client:
+        created = client.post(
+            "/api/tasks", json={"workflow": "image_gen", "input": {"prompt": "a red cat", **SMALL}, "max_attempts": 3}
+        )
+        assert created.status_code == 201, created.text
+        # Were it taken for an outage, the task would be released uncounted and never end.
+        task = wait_done(client, created.json()["task_id"], timeout_s=60)
+    assert task["status"] == "FAILED" and task["attempts"] == 3, task
+    assert task["error"]["code"] == "out_of_memory"
+    assert failing_flux.pipeline_calls == 3

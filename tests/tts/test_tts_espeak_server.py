@@ -2,13 +2,16 @@
 
 import subprocess
 
+import httpx
 import numpy as np
 import pytest
 
+from model_servers.tts.app import create_app
 from model_servers.tts.audio import find_ffmpeg
 from model_servers.tts.subtitles import parse_srt
+from support import LiveServer
 
-from tts_helpers import check_srt_tiles, read_wav, synthesize, wav_bytes_duration
+from tts_helpers import OutOfMemoryEngine, check_srt_tiles, read_wav, synthesize, wav_bytes_duration
 
 SHORT = "The quick brown fox jumps over the lazy dog."
 LONG = (
@@ -175,6 +178,29 @@ async def test_missing_binary_is_unhealthy_and_503(tmp_path):
     async with serve(TtsSettings(tts_engine="espeak", espeak_binary=str(tmp_path / "no-espeak"))) as client:
         health = (await client.get("/health")).json()
         assert health["status"] == "unhealthy" and "espeak-ng" in health["message"]
-        for response in (await client.post("/tts", json={"text": "hi"}), await client.get("/voices")):
+        for response in (
+            await client.post("/tts", json={"text": "hi"}), await client.get("/voices"), await client.get("/ready")
+        ):
             assert response.status_code == 503
             assert response.json()["error"]["code"] == "model_unavailable"
+
+
+async def test_ready_unknown_routes_and_wrong_methods_answer_in_the_error_shape(espeak):
+    ready = await espeak.get("/ready")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    unknown = await espeak.post("/synthesize", json={"text": "hi"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    wrong = await espeak.get("/tts")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_out_of_memory_is_a_retryable_500_with_its_own_code(espeak_settings):
+    engine = OutOfMemoryEngine(espeak_settings)
+    with LiveServer(create_app(espeak_settings, engine=engine)) as server:
+        response = httpx.post(server.url + "/tts", json={"text": SHORT}, trust_env=False)
+        assert response.status_code == 500, response.text
+        assert response.json()["error"]["code"] == "out_of_memory"
+        assert "Unable to allocate" in response.json()["error"]["message"]
+        # Not an outage: the server stays ready for the next request.
+        assert httpx.get(server.url + "/ready", trust_env=False).status_code == 200
+    assert engine.calls == 1

@@ -8,9 +8,11 @@ import wave
 import httpx
 import pytest
 
+from model_servers.tts.app import create_app
+from model_servers.tts.settings import TtsSettings
 from model_servers.tts.subtitles import parse_srt
-from support import wait_done
-from tts_helpers import Process, check_srt_tiles, free_port, tts_server
+from support import LiveServer, task_fleet, wait_done
+from tts_helpers import OutOfMemoryEngine, Process, check_srt_tiles, free_port, tts_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -94,3 +96,16 @@ def test_reference_audio_fails_the_task_with_a_clear_code(fleet):
         assert response.json()["error"]["code"] == "voice_cloning_unsupported"
         task = client.get(f"/api/tasks/{response.json()['task_id']}").json()
         assert task["status"] == "FAILED" and task["attempts"] == 1
+
+
+def test_out_of_memory_counts_each_attempt_and_fails_the_task_after_max_attempts(tmp_path):
+    settings = TtsSettings(tts_engine="espeak")
+    engine = OutOfMemoryEngine(settings)
+    with LiveServer(create_app(settings, engine=engine)) as server:
+        with task_fleet(tmp_path, "tts", TASKFLEET_TTS_URLS=server.url) as client:
+            created = client.post("/api/tasks", json={"workflow": "tts", "input": {"text": "Hi."}, "max_attempts": 2})
+            assert created.status_code == 201, created.text
+            task = wait_done(client, created.json()["task_id"], timeout_s=60)
+    assert task["status"] == "FAILED" and task["attempts"] == 2, task
+    assert task["error"]["code"] == "out_of_memory"
+    assert engine.calls == 2

@@ -1,4 +1,4 @@
-"""Helpers for the TTS tests: an in-process server, a response reader, WAV and SRT checks."""
+"""Helpers for the TTS tests: an in-process server, a response reader, WAV and SRT checks, an engine double."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 
 from model_servers.tts.app import create_app
+from model_servers.tts.espeak_engine import EspeakEngine
 from model_servers.tts.settings import TtsSettings
 from taskfleet.workflows.tts_wire import TtsResult, read_tts_response
 
@@ -134,3 +135,19 @@ def tts_server(log_dir: Path, **env: str) -> Process:
         "model_servers.tts", ["--host", "127.0.0.1", "--port", str(port)],
         {"TASKFLEET_TTS_ENGINE": "espeak", **env}, f"http://127.0.0.1:{port}/health", log_dir / f"tts-{port}.log",
     )
+
+
+class OutOfMemoryEngine(EspeakEngine):
+    """The real espeak-ng engine, except that each sentence asks numpy for an exabyte of samples.
+
+    More than any address space, so numpy raises its real ``MemoryError`` at once, touching nothing.
+    ``calls`` counts the sentences it was asked for.
+    """
+
+    def __init__(self, settings: TtsSettings) -> None:
+        super().__init__(settings)
+        self.calls = 0
+
+    def synthesize(self, text: str, voice, speed: float) -> np.ndarray:
+        self.calls += 1
+        return np.zeros(1 << 60, np.float32)
