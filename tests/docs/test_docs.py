@@ -65,6 +65,20 @@ def test_settings_page_lists_every_field_with_its_default(cls: type[BaseSettings
             assert rows[env].replace("`", "") == rendered(field.default), f"{env}: the page says {rows[env]}"
 
 
+def test_settings_page_lists_the_names_the_command_line_reads():
+    """Names read straight from the environment, outside the settings classes, by the kind of
+    process that reads them (the start-up check's own list)."""
+    from taskfleet.settings_check import KINDS
+
+    section = (DOCS / "settings.md").read_text().split("\n## Command line", 1)[1]
+    rows = {line for line in section.splitlines() if line.startswith("| `TASKFLEET_")}
+    direct = [(name, kind) for kind, spec in KINDS.items() for name in spec.direct]
+    assert direct
+    for name, kind in direct:
+        command = "taskfleet api" if kind == "api" else f"taskfleet {kind}"
+        assert any(f"`{name}`" in row and f"`{command}`" in row for row in rows), f"{name} ({command})"
+
+
 def api_routes() -> list[tuple[str, str]]:
     from task_api.app import create_app
 
