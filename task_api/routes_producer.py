@@ -31,18 +31,53 @@ from task_api.schemas import (
 )
 from task_api.services import Services
 from taskfleet.errors import BadRequest, PayloadTooLarge, TaskfleetError
+from taskfleet.workflows import Workflow
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
+IDEMPOTENCY_HEADER = {
+    "name": "idempotency-key", "in": "header", "required": False,
+    "schema": {"anyOf": [{"type": "string", "maxLength": 200}, {"type": "null"}], "title": "Idempotency-Key"},
+}  # fmt: skip
 CREATE_TASK_OPENAPI = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateTask"}}},
     },
-    "parameters": [{
-        "name": "idempotency-key", "in": "header", "required": False,
-        "schema": {"anyOf": [{"type": "string", "maxLength": 200}, {"type": "null"}], "title": "Idempotency-Key"},
-    }],  # fmt: skip
+    "parameters": [IDEMPOTENCY_HEADER],
 }
+# Task options a seed-style alias body carries beside the workflow's input fields, spelled as in
+# the /api/tasks body. A workflow whose input declares one of these names keeps it as input.
+ALIAS_OPTIONS = tuple(name for name in CreateTask.model_fields if name not in ("workflow", "input"))
+
+
+def header_idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header, held to the rules of the body's ``idempotency_key``."""
+    key = request.headers.get("idempotency-key")
+    if not key:
+        return None
+    try:
+        return IDEMPOTENCY_KEY.validate_python(key)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**err, "loc": ("header", "idempotency-key")} for err in exc.errors(include_url=False)]
+        ) from None
+
+
+def alias_create_body(workflow: Workflow, fields: dict[str, Any], request: Request) -> CreateTask:
+    """An alias body as the /api/tasks body it stands for: task options out of the top level,
+    the rest the workflow's input. The body's key wins over the header's, as on /api/tasks."""
+    own = workflow.input_model.model_fields
+    options = {name: fields[name] for name in ALIAS_OPTIONS if name in fields and name not in own}
+    data = {"workflow": workflow.name, "input": {k: v for k, v in fields.items() if k not in options}, **options}
+    if not options.get("idempotency_key") and (header_key := header_idempotency_key(request)):
+        data["idempotency_key"] = header_key
+    try:
+        return CreateTask.model_validate(data)
+    except ValidationError as exc:
+        # An option's error is located where the caller put it: at the top of the body.
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
+        ) from None
 
 
 def producer_router(svc: Services) -> APIRouter:
@@ -82,14 +117,7 @@ def producer_router(svc: Services) -> APIRouter:
     @router.post("/api/tasks", status_code=201, response_model=Task, openapi_extra=CREATE_TASK_OPENAPI)
     async def create_task(request: Request) -> JSONResponse:
         body = parse_body(CreateTask, await request.body())
-        idempotency_key = request.headers.get("idempotency-key")
-        if idempotency_key and not body.idempotency_key:
-            try:
-                idempotency_key = IDEMPOTENCY_KEY.validate_python(idempotency_key)
-            except ValidationError as exc:
-                raise RequestValidationError(
-                    [{**err, "loc": ("header", "idempotency-key")} for err in exc.errors(include_url=False)]
-                ) from None
+        if not body.idempotency_key and (idempotency_key := header_idempotency_key(request)):
             body = body.model_copy(update={"idempotency_key": idempotency_key})
         row, created = await submit(body)
         return JSONResponse(task_json(row), status_code=201 if created else 200)
@@ -134,11 +162,17 @@ def producer_router(svc: Services) -> APIRouter:
     async def retry_task(task_id: Text) -> dict[str, Any]:
         return task_json(await queue.retry(task_id))
 
-    @router.post("/api/{route}/create-task", status_code=201, response_model=Accepted)
-    async def create_by_alias(route: str, fields: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    @router.post(
+        "/api/{route}/create-task", status_code=201, response_model=Accepted,
+        openapi_extra={"parameters": [IDEMPOTENCY_HEADER]},
+    )  # fmt: skip
+    async def create_by_alias(request: Request, route: str, fields: dict[str, Any] = Body(...)) -> JSONResponse:
+        """The workflow's input fields at the top level, with the task options of /api/tasks
+        (priority, webhook_url, idempotency_key, ...) beside them, or the ``Idempotency-Key``
+        header. A repeated key answers 200 with the first task."""
         workflow = svc.workflows.by_alias(route)
-        row, _ = await submit(CreateTask(workflow=workflow.name, input=fields))
-        return {"task_id": row["id"], "status": row["status"]}
+        row, created = await submit(alias_create_body(workflow, fields, request))
+        return JSONResponse({"task_id": row["id"], "status": row["status"]}, status_code=201 if created else 200)
 
     @router.post(
         "/api/{route}/process",

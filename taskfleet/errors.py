@@ -109,7 +109,7 @@ class Unavailable(TaskfleetError):
 
 
 class UrlRefused(TaskfleetError):
-    """A URL the system was asked to fetch fails the input-safety rules (CONTRACT §5)."""
+    """A URL the system was asked to fetch fails the input-safety rules (docs/api.md, "Input safety")."""
 
     code, status = "url_refused", 422
 

@@ -1,4 +1,4 @@
-"""The SSRF guard (CONTRACT §5) for every URL the fleet fetches on a caller's behalf.
+"""The SSRF guard (docs/api.md, "Input safety") for every URL the fleet fetches on a caller's behalf.
 
 ``check`` refuses a URL up front (scheme, syntax, every address its host resolves to);
 ``transport`` gives an httpx transport that checks again at connect time, for every connection,

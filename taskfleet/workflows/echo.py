@@ -10,7 +10,8 @@ from taskfleet.workflows import Workflow
 
 
 class EchoInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Examples (here and in every workflow's input) are published in the task API's OpenAPI document.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"data": {"hello": "world"}}]})
 
     data: Any = None
     sleep_s: float = Field(0.0, ge=0, le=3600)

@@ -57,6 +57,11 @@ class FaceSwapOptions(BaseModel):
 
 
 class FaceSwapInput(FaceSwapOptions):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"source_url": "https://example.com/face.jpg", "target_url": "https://example.com/clip.mp4",
+                                         "keep_audio": True, "output_formats": ["mp4", "gif"]}]}  # fmt: skip
+    )
+
     source_url: str = Field(..., min_length=1, max_length=4096)
     target_url: str = Field(..., min_length=1, max_length=4096)
 

@@ -25,7 +25,10 @@ OutputFormat = Literal["png", "jpg", "webp"]
 
 
 class ImageGenInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"prompt": "a lighthouse on a cliff at dawn, oil painting", "aspect_ratio": "16:9", "seed": 42}]},
+    )
 
     prompt: str = Field(min_length=1, max_length=4000)
     # A preset sets the size; explicit width/height win over it. Sizes are rounded to what the VAE

@@ -21,7 +21,10 @@ AudioFormat = Literal["wav", "mp3"]
 
 
 class TtsInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "Hello from taskfleet. This is the second sentence.", "language": "en", "format": "mp3"}]},
+    )
 
     text: str = Field(..., min_length=1, max_length=MAX_TEXT_CHARS)
     language: str | None = Field(None, max_length=32, description="e.g. en, en-us, de; picks a voice when voice is absent")

@@ -1,4 +1,4 @@
-"""Input downloads: the SSRF guard of CONTRACT §5, redirects, the size cap, storage URLs."""
+"""Input downloads: the SSRF guard (docs/api.md, "Input safety"), redirects, the size cap, storage URLs."""
 
 from __future__ import annotations
 

@@ -259,3 +259,92 @@ def k8s_containers() -> list[Container]:
 
 def all_containers() -> list[Container]:
     return dockerfile_containers() + compose_containers() + k8s_containers()
+
+
+def render_kustomization() -> list[dict]:
+    """What ``kubectl apply -k deploy/k8s`` applies: the listed resources, in the kustomization's
+    namespace, with its image names and tags (the two transformers deploy/k8s uses)."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert set(kustomization) <= {"apiVersion", "kind", "namespace", "resources", "images"}, (
+        "deploy/k8s/kustomization.yaml uses a transformer this renderer does not apply"
+    )
+    images = {i["name"]: i for i in kustomization.get("images", [])}
+    out = []
+    for resource in kustomization["resources"]:
+        for doc in yaml.safe_load_all((K8S / resource).read_text()):
+            if doc is None:
+                continue
+            if doc["kind"] != "Namespace" and "namespace" in kustomization:
+                doc["metadata"]["namespace"] = kustomization["namespace"]
+            if "template" in doc.get("spec", {}):
+                spec = pod_spec(doc)
+                for container in spec.get("containers", []) + spec.get("initContainers", []):
+                    container["image"] = _retagged(container["image"], images)
+            out.append(doc)
+    return out
+
+
+def split_image(image: str) -> tuple[str, str | None, str | None]:
+    """(name, tag, digest) of an image reference; the tag is after the last path part's colon."""
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    tag = None
+    if ":" in last:
+        name, tag = name.rsplit(":", 1)
+    return name, tag, digest or None
+
+
+def _retagged(image: str, images: dict[str, dict]) -> str:
+    name, tag, digest = split_image(image)
+    rule = images.get(name)
+    if rule is None:
+        return image
+    name = rule.get("newName", name)
+    if "digest" in rule:
+        return f"{name}@{rule['digest']}"
+    tag = rule.get("newTag", tag)
+    return f"{name}:{tag}" if tag else name
+
+
+def documented_secrets() -> dict[str, set[str]]:
+    """The Secrets deploy/ tells operators to create (``kubectl create secret generic NAME
+    --from-literal=KEY=...``), by name, with their keys."""
+    found: dict[str, set[str]] = {}
+    for path in (DEPLOY / "README.md", K8S / "keda" / "postgresql.yaml"):
+        text = re.sub(r"\\\n[#\s]*", " ", path.read_text())  # join continued lines (and comment ones)
+        value = r"""(?:"[^"]*"|'[^']*'|\S+)"""
+        for m in re.finditer(rf"kubectl -n taskfleet create secret generic ([\w.-]+)((?:\s+--from-literal=[\w.-]+={value})+)", text):
+            found.setdefault(m[1], set()).update(re.findall(r"--from-literal=([\w.-]+)=", m[2]))
+    return found
+
+
+def documented_literal(secret: str, key: str) -> str:
+    """The example value deploy/README.md gives a Secret's key."""
+    text = re.sub(r"\\\n\s*", " ", (DEPLOY / "README.md").read_text())
+    m = re.search(rf"create secret generic {re.escape(secret)}\b[^\n]*?--from-literal={re.escape(key)}='?([^'\s]+)", text)
+    assert m, f"deploy/README.md gives no value for {secret}/{key}"
+    return m[1]
+
+
+def dockerfile_args() -> dict[str, str]:
+    """ARG defaults declared before the first FROM (the ones FROM lines may use)."""
+    args = {}
+    for word, rest in dockerfile_instructions(DOCKERFILE.read_text()):
+        if word == "FROM":
+            break
+        if word == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+    return args
+
+
+def stage_instructions(name: str) -> list[tuple[str, str]]:
+    """The instructions of one Dockerfile stage (its FROM excluded)."""
+    out, inside = [], False
+    for word, rest in dockerfile_instructions(DOCKERFILE.read_text()):
+        if word == "FROM":
+            inside = re.search(rf"\bAS\s+{re.escape(name)}$", rest, re.I) is not None
+            continue
+        if inside:
+            out.append((word, rest))
+    return out

@@ -1,6 +1,10 @@
 """deploy/ checked against the code it deploys: settings names, entrypoints, probe routes and
-ports, secrets, service URLs, drain periods, and KEDA's two queue-depth triggers run for real
-(the postgresql query on a migrated Postgres, the Prometheus selector on the API's /metrics).
+ports, secrets, service URLs, drain periods, Pod Security "restricted", pinned images, the
+images' lock files, and KEDA's two queue-depth triggers run for real (the postgresql query on a
+migrated Postgres, the Prometheus selector on the API's /metrics).
+
+No Docker engine runs where these tests run (deploy/README.md, "What the tests do not do"): the
+Dockerfile is checked as text, and no image is built.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def test_every_yaml_file_parses_into_named_objects():
         assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path.name}: {doc}"
         assert doc["metadata"].get("name"), f"{path.name}: a {doc['kind']} without a name"
         kinds.add(doc["kind"])
-    assert kinds >= {"Deployment", "Service", "Secret", "ScaledObject", "TriggerAuthentication"}
+    assert kinds >= {"Deployment", "Service", "Job", "ScaledObject", "TriggerAuthentication"}
 
 
 def test_kubernetes_objects_match_the_kubernetes_schemas():
@@ -152,25 +156,39 @@ def test_dockerfile_final_images_run_as_non_root_with_a_healthcheck():
     for name, stage in finals.items():
         assert stage.user and stage.user not in ("root", "0"), f"{name} runs as root"
         assert stage.healthcheck, f"{name} has no HEALTHCHECK"
-    # The fleet carries no model runtime: the API and consumer images install the storage extra only.
     text = dm.DOCKERFILE.read_text()
-    fleet_install = re.search(r"FROM builder AS fleet-build\n(.*?)\n\n", text, re.S)[1]
-    assert 'pip install ".[storage]"' in fleet_install
-    assert "ONNXRUNTIME" in stages["face-swap-build"].args and "TORCH_INDEX_URL" in stages["flux-build"].args
+    assert set(stages["face-swap-build"].args) == {"ACCELERATOR"}
     assert "espeak-ng" in re.search(r"FROM runtime-base AS tts\n(.*?)(?:\n\n|\Z)", text, re.S)[1]
+
+
+def test_fleet_image_copies_no_model_server_source():
+    """The API and consumer never import model_servers/ (test_fleet_runs_without_model_runtimes),
+    so their image does not carry it."""
+    copied = [rest.split()[:-1] for word, rest in dm.stage_instructions("fleet-build") if word == "COPY"]
+    sources = {src.rstrip("/") for srcs in copied for src in srcs}
+    assert {"taskfleet", "task_api", "consumer", "storage"} <= sources
+    assert not any(src.startswith("model_servers") or src.startswith("--from") for src in sources), sources
 
 
 def test_everything_the_dockerfile_copies_is_in_the_build_context():
     allowed = {line[1:].rstrip("/") for line in (dm.DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
                if line.startswith("!")}
+    stages = dm.dockerfile_stages()
     sources = []
-    for word, rest in dm.dockerfile_instructions(dm.DOCKERFILE.read_text()):
-        if word == "COPY" and "--from=" not in rest:
-            sources += rest.split()[:-1]
-    assert len(sources) >= 8
+    for name in stages:
+        for word, rest in dm.stage_instructions(name):
+            if word == "COPY" and "--from=" not in rest:
+                # A build argument in a path: the default and every file the pattern names.
+                for source in rest.split()[:-1]:
+                    for arg, default in stages[name].args.items():
+                        assert f"${{{arg}}}" not in source or (dm.ROOT / source.replace(f"${{{arg}}}", default)).exists(), source
+                        source = source.replace(f"${{{arg}}}", "*")
+                    sources.append(source)
+    assert len(sources) >= 12
     for source in sources:
-        assert source.rstrip("/") in allowed, f"COPY {source}: excluded by deploy/Dockerfile.dockerignore"
-        assert (dm.ROOT / source).exists(), f"COPY {source}: no such path"
+        parents = [source.rstrip("/")] + ["/".join(source.split("/")[:i]) for i in range(1, source.count("/") + 1)]
+        assert any(p in allowed for p in parents), f"COPY {source}: excluded by deploy/Dockerfile.dockerignore"
+        assert list(dm.ROOT.glob(source)), f"COPY {source}: no such path"
     # The package's own layout: every package setuptools installs is copied.
     import tomllib
 
@@ -261,15 +279,40 @@ def test_consumers_get_longer_to_stop_than_they_take_to_drain():
     assert dm.compose_duration_s(service["stop_grace_period"]) > drain_s(service["environment"])
 
 
-def _secrets() -> dict[str, set[str]]:
-    out = {}
-    for _, doc in dm.k8s_kind("Secret"):
-        out[doc["metadata"]["name"]] = set(doc.get("stringData", {})) | set(doc.get("data", {}))
-    return out
+def _longest_request_s(env: dict) -> float:
+    """The longest request the API holds open: a consumer's long poll or a /process wait."""
+    defaults = ApiSettings.model_fields
+    return max(float(env.get(f"TASKFLEET_{name.upper()}") or defaults[name].default)
+               for name in ("max_wait_s", "max_process_wait_s"))  # fmt: skip
+
+
+def test_the_api_gets_longer_to_stop_than_its_longest_long_poll():
+    """On SIGTERM uvicorn lets open requests finish; killed sooner, a long-polling consumer or a
+    /process caller is cut off mid-wait."""
+    apis = [d for _, d in dm.k8s_kind("Deployment") if dm.pod_spec(d)["containers"][0]["command"][-1] == "task_api"]
+    assert len(apis) == 1
+    for doc in apis:
+        spec = dm.pod_spec(doc)
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert spec["terminationGracePeriodSeconds"] > _longest_request_s(env), doc["metadata"]["name"]
+    service = dm.compose_services()["compose.yaml"]["api"]
+    env = {k: str(v) for k, v in service["environment"].items() if k.startswith("TASKFLEET_")}
+    assert "stop_grace_period" in service, "compose's default is 10 s"
+    assert dm.compose_duration_s(service["stop_grace_period"]) > _longest_request_s(env)
+
+
+def test_no_manifest_creates_a_secret():
+    """A placeholder Secret applied by `kubectl apply -k` would run the fleet on "change-me"
+    tokens; operators create the Secrets themselves (deploy/README.md)."""
+    rendered = dm.render_kustomization()
+    assert {d["kind"] for d in rendered} >= {"Namespace", "Deployment", "Service", "PersistentVolumeClaim"}
+    assert [d["metadata"]["name"] for d in rendered if d["kind"] == "Secret"] == []
+    assert [f"{p.name}: {d['metadata']['name']}" for p, d in dm.k8s_kind("Secret")] == []
 
 
 def test_every_secret_reference_resolves():
-    secrets = _secrets()
+    secrets = dm.documented_secrets()
+    assert {"taskfleet-tokens", "taskfleet-database", "taskfleet-storage", "taskfleet-keda-postgres"} <= set(secrets)
     refs = []
     for path, doc in dm.k8s_documents():
         if doc["kind"] in ("Deployment", "Job"):
@@ -287,7 +330,7 @@ def test_every_secret_reference_resolves():
                     refs.append((path.name, cred["name"], cred["key"]))
     assert len(refs) >= 10
     for where, name, key in refs:
-        assert key in secrets.get(name, set()), f"{where}: Secret {name} has no key {key}"
+        assert key in secrets.get(name, set()), f"{where}: deploy/README.md creates no Secret {name} with key {key}"
     # Tokens never sit in a manifest as plain values.
     for container in dm.k8s_containers():
         for name, value in container.env.items():
@@ -371,8 +414,7 @@ async def test_storage_urls_open_and_compose_links_are_readable():
     assert f"127.0.0.1:{host_port}:9000" in services["minio"]["ports"]
     bucket_path = link.split(f"localhost:{host_port}/", 1)[1].rsplit("/echo/", 1)[0]
     assert f"mc anonymous set download local/{bucket_path}" in services["minio-init"]["entrypoint"][-1]
-    secrets = {d["metadata"]["name"]: d for _, d in dm.k8s_kind("Secret")}
-    assert open_storage(secrets["taskfleet-storage"]["stringData"]["url"]).provider == "s3"
+    assert open_storage(dm.documented_literal("taskfleet-storage", "url")).provider == "s3"
 
 
 def _scaled_objects(file_name: str) -> dict[str, dict]:
@@ -463,13 +505,14 @@ def test_scaled_objects_target_deployments_on_the_workflows_they_serve():
 
 
 def test_fleet_runs_without_model_runtimes(tmp_path):
-    """The API and consumer images hold no torch or ONNX Runtime: their code must not need them."""
+    """The API and consumer images hold no torch, no ONNX Runtime and no model_servers/: their
+    code must not need them."""
     script = f"""
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in {{"torch", "onnxruntime", "numpy", "cv2", "diffusers", "transformers",
-                                   "insightface", "piper", "PIL", "skimage", "onnx"}}:
+                                   "insightface", "piper", "PIL", "skimage", "onnx", "model_servers"}}:
             raise ImportError("blocked in the fleet image: " + name)
 sys.meta_path.insert(0, Block())
 from task_api.app import create_app
@@ -588,3 +631,270 @@ def test_keda_triggers_count_the_same_outstanding_work_on_a_real_database(tmp_pa
             assert value == expected, f"prometheus.yaml {name}: {query} -> {value}, want {expected}"
 
         assert _healthcheck(api.port, "/ready") == 0
+
+
+# ------------------------------------------------------------------------- Pod Security, images
+
+
+def _pod_specs() -> list[tuple[str, dict]]:
+    """Every pod template deploy/k8s has: what `kubectl apply -k` renders, and the Job."""
+    docs = dm.render_kustomization() + [d for p, d in dm.k8s_documents() if p.parent.name == "jobs"]
+    return [(f"{d['kind']}/{d['metadata']['name']}", dm.pod_spec(d)) for d in docs if "template" in d.get("spec", {})]
+
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+
+
+def restricted_violations(spec: dict) -> list[str]:
+    """What keeps a pod spec out of a namespace that enforces Pod Security "restricted"
+    (kubernetes.io/docs/concepts/security/pod-security-standards), the baseline's rules included."""
+    out = []
+    pod = spec.get("securityContext", {})
+    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            out.append(key)
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            out.append(f"volume {volume['name']}: {kinds - RESTRICTED_VOLUMES}")
+    if pod.get("runAsUser") == 0:
+        out.append("pod runAsUser 0")
+    for c in containers:
+        sc = c.get("securityContext", {})
+        where = f"container {c['name']}"
+        if sc.get("privileged"):
+            out.append(f"{where}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{where}: allowPrivilegeEscalation is not false")
+        if not (sc.get("runAsNonRoot", pod.get("runAsNonRoot")) is True):
+            out.append(f"{where}: runAsNonRoot is not true")
+        if sc.get("runAsUser", pod.get("runAsUser")) == 0:
+            out.append(f"{where}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or pod.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{where}: seccompProfile {seccomp}")
+        capabilities = sc.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            out.append(f"{where}: capabilities not dropped")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{where}: adds {capabilities['add']}")
+        for port in c.get("ports", []):
+            if port.get("hostPort"):
+                out.append(f"{where}: hostPort")
+        if (sc.get("procMount") or "Default") != "Default":
+            out.append(f"{where}: procMount")
+    return out
+
+
+def test_every_pod_template_is_checked():
+    # api, three consumers, three model servers, the download Job
+    assert len(_pod_specs()) == 8
+
+
+def test_the_namespace_enforces_pod_security_restricted():
+    [namespace] = [d for d in dm.render_kustomization() if d["kind"] == "Namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_restricted_check_refuses_what_the_profile_refuses():
+    good = {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}],
+            "volumes": [{"name": "tmp", "emptyDir": {}}]}  # fmt: skip
+    assert restricted_violations(good) == []
+    assert restricted_violations({**good, "securityContext": {"runAsNonRoot": True}})  # no seccomp
+    assert restricted_violations({**good, "volumes": [{"name": "h", "hostPath": {"path": "/"}}]})
+    assert restricted_violations({**good, "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": False}}]})
+
+
+@pytest.mark.parametrize("where", [where for where, _ in _pod_specs()])
+def test_every_pod_is_admitted_under_pod_security_restricted(where):
+    assert restricted_violations(dict(_pod_specs())[where]) == [], where
+
+
+@pytest.mark.parametrize("where", [where for where, _ in _pod_specs()])
+def test_root_filesystems_are_read_only_and_what_processes_write_is_a_volume(where):
+    spec = dict(_pod_specs())[where]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for c in spec["containers"]:
+        assert c.get("securityContext", {}).get("readOnlyRootFilesystem") is True, f"{where}/{c['name']}"
+        writable = {m["mountPath"] for m in c.get("volumeMounts", []) if not m.get("readOnly")
+                    and ("emptyDir" in volumes[m["name"]] or "persistentVolumeClaim" in volumes[m["name"]])}  # fmt: skip
+        # Python's tempfile, ffmpeg and the SDKs write to /tmp; the settings below name the rest.
+        assert "/tmp" in writable, f"{where}/{c['name']}: no writable /tmp"
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        for name in ("TASKFLEET_WORK_DIR", "HF_HOME") + (("TASKFLEET_MODELS_DIR",) if where.startswith("Job/") else ()):
+            path = env.get(name)
+            if path:
+                assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in writable), f"{where}: {name}={path} is read-only"
+
+
+def test_model_servers_are_ready_on_ready_and_alive_on_health():
+    """Readiness answers 503 while a server cannot work (models missing, loading); liveness only
+    asks whether the process answers, so missing models do not become a restart loop."""
+    seen = 0
+    for _, doc in dm.k8s_kind("Deployment"):
+        container = dm.pod_spec(doc)["containers"][0]
+        module = dm.python_module(container["command"])
+        if module.startswith("model_servers.") or module == "task_api":
+            assert container["readinessProbe"]["httpGet"]["path"] == "/ready", doc["metadata"]["name"]
+            assert container["livenessProbe"]["httpGet"]["path"] == "/health", doc["metadata"]["name"]
+            seen += 1
+    assert seen == 4
+
+
+def pinned(image: str) -> bool:
+    """A digest, or a tag that names one release: not `latest`, and a version tag down to its minor."""
+    _, tag, digest = dm.split_image(image)
+    if digest:
+        return True
+    if not tag or tag == "latest":
+        return False
+    return not tag[0].isdigit() or re.match(r"\d+\.\d+", tag) is not None
+
+
+def test_pinned_means_one_release():
+    assert pinned("postgres:16.10-bookworm") and pinned("minio/minio:RELEASE.2025-09-07T16-13-09Z")
+    assert pinned("python:3.11.14-slim-bookworm") and pinned("registry.example.com:5000/taskfleet-api:0.1.0")
+    assert pinned("postgres@sha256:" + "0" * 64)
+    assert not pinned("minio/minio:latest") and not pinned("minio/minio") and not pinned("postgres:16-bookworm")
+    assert not pinned("registry.example.com:5000/taskfleet-api")
+
+
+def test_every_image_is_pinned():
+    images = [(where, c["image"]) for where, spec in _pod_specs() for c in spec["containers"]]
+    for file_name, services in dm.compose_services().items():
+        images += [(f"{file_name} {name}", s["image"]) for name, s in services.items() if "image" in s]
+    args = dm.dockerfile_args()
+    stages = dm.dockerfile_stages()
+    for word, rest in dm.dockerfile_instructions(dm.DOCKERFILE.read_text()):
+        if word == "FROM":
+            image = rest.split()[0]
+            for name, default in args.items():
+                image = image.replace(f"${{{name}}}", default)
+            if image not in stages:
+                images.append(("Dockerfile", image))
+    assert len(images) >= 18
+    unpinned = [f"{where}: {image}" for where, image in images if not pinned(image)]
+    assert unpinned == []
+
+
+# ------------------------------------------------------------------------------ lock files
+
+REQUIREMENTS = dm.DEPLOY / "requirements"
+LOCKS = ["face-swap-cpu.txt", "face-swap-cuda.txt", "fleet.txt", "flux.txt", "tts.txt"]
+LOCK_ENV = {"python_version": "3.11", "python_full_version": "3.11.14", "sys_platform": "linux",
+            "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython"}  # fmt: skip
+
+
+def lock_pins(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of a lock file; fails on a line that is not a hashed ==-pin."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;]+)((?:\s+--hash=sha256:[0-9a-f]{64})+)", line)
+        assert m, f"{path.name}: not a pinned, hashed requirement: {line[:120]}"
+        pins[canonicalize_name(m[1])] = (m[3], re.findall(r"sha256:([0-9a-f]{64})", m[4]))
+    return pins
+
+
+def lock_script() -> dict[str, list[str]]:
+    """deploy/requirements/lock.sh's compile lines: lock file -> the arguments it is made with."""
+    out = {}
+    for line in (REQUIREMENTS / "lock.sh").read_text().splitlines():
+        m = re.match(r"\s*compile (\S+\.txt)(.*?)(?:\s+#.*)?$", line)
+        if m:
+            out[m[1]] = m[2].split()
+    return out
+
+
+def image_locks() -> dict[str, list[str]]:
+    """Each final image -> the lock files its build stage may install (one per build argument value)."""
+    stages = dm.dockerfile_stages()
+    out = {}
+    for name, stage in stages.items():
+        if not stage.entrypoint:
+            continue
+        chain, venv_from = name, None
+        while chain and venv_from is None:  # the stage (or an ancestor) that copies in /opt/venv
+            copies = [r.split() for w, r in dm.stage_instructions(chain) if w == "COPY" and r.endswith(" /opt/venv /opt/venv")]
+            venv_from = copies[0][0].removeprefix("--from=") if copies else None
+            chain = stages[chain].parent
+        assert venv_from, f"{name}: no /opt/venv copied in"
+        build = dm.stage_instructions(venv_from)
+        copies = {r.split()[-1]: r.split()[0] for w, r in build if w == "COPY" and r.startswith("deploy/requirements/")}
+        runs = [r for w, r in build if w == "RUN"]
+        installs = [r for r in runs if "pip install" in r]
+        assert len(copies) == 1 and len(installs) == 2, f"{venv_from}: one lock file installed, then the project"
+        [(target, source)] = copies.items()
+        assert f"pip install --no-deps --require-hashes -r {target}" in installs[0], installs[0]
+        assert installs[1].endswith("pip install --no-deps --no-build-isolation ."), installs[1]
+        # A build argument in the path (face-swap's ACCELERATOR): every lock file it can name.
+        pattern = re.sub(r"\$\{\w+\}", "*", source)
+        names = [p.name for p in dm.ROOT.glob(pattern)]
+        out[name] = names
+    return out
+
+
+def test_each_image_installs_its_python_packages_from_a_lock_file():
+    locks = {image: sorted(names) for image, names in image_locks().items()}
+    assert locks == {"api": ["fleet.txt"], "consumer": ["fleet.txt"], "face-swap": ["face-swap-cpu.txt", "face-swap-cuda.txt"],
+                     "flux": ["flux.txt"], "tts": ["tts.txt"]}  # fmt: skip
+    assert dm.dockerfile_stages()["face-swap-build"].args["ACCELERATOR"] == "cpu"
+    # Every lock file is one lock.sh writes, and lock.sh writes no other.
+    assert {n for names in locks.values() for n in names} == set(lock_script()) == {p.name for p in REQUIREMENTS.glob("*.txt")} == set(LOCKS)
+
+
+def _requirements(extras: list[str], inputs: list[Path]) -> list:
+    """What pyproject.toml asks for with these extras (self-references expanded), plus the .in files'."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((dm.ROOT / "pyproject.toml").read_text())["project"]
+    wanted, todo, seen = [Requirement(r) for r in project["dependencies"]], list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for text in project["optional-dependencies"][extra]:
+            req = Requirement(text)
+            if req.name == project["name"]:
+                todo += sorted(req.extras)
+            else:
+                wanted.append(req)
+    for path in inputs:
+        wanted += [Requirement(line) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return [r for r in wanted if r.marker is None or r.marker.evaluate(LOCK_ENV)]
+
+
+@pytest.mark.parametrize("lock", LOCKS)
+def test_lock_file_pins_everything_pyproject_asks_for(lock):
+    """A dependency changed in pyproject.toml without running lock.sh fails here, not in a build."""
+    from packaging.utils import canonicalize_name
+
+    args = lock_script()[lock]
+    extras = [args[i + 1] for i, a in enumerate(args) if a == "--extra"]
+    inputs = [dm.ROOT / a for a in args if a.endswith(".in")] + [REQUIREMENTS / "build.in"]
+    left_out = {canonicalize_name(args[i + 1]) for i, a in enumerate(args) if a == "--no-emit-package"}
+    pins = lock_pins(REQUIREMENTS / lock)
+    assert len(pins) >= 40 and "setuptools" in pins  # the project is built with the lock's setuptools
+    assert not left_out & set(pins)
+    for req in _requirements(extras, inputs):
+        name = canonicalize_name(req.name)
+        if name in left_out:
+            continue
+        assert name in pins, f"{lock}: {req} is not locked"
+        assert req.specifier.contains(pins[name][0], prereleases=True), f"{lock}: {name}=={pins[name][0]} does not satisfy {req}"
+    runtimes = {"torch", "onnxruntime", "onnxruntime-gpu", "diffusers", "insightface", "piper-tts"}
+    if lock == "fleet.txt":
+        assert not runtimes & set(pins), "the fleet image carries a model runtime"
+    if lock == "face-swap-cuda.txt":
+        assert "onnxruntime-gpu" in pins and "onnxruntime" not in pins  # one `onnxruntime` module, the CUDA one

@@ -156,7 +156,7 @@ def test_the_fleet_side_imports_no_onnxruntime_or_numpy():
 
 
 def test_schemathesis_finds_no_server_error(server):
-    """Malformed requests get a 4xx with a code, never a 5xx (CONTRACT §1), over the real socket."""
+    """Malformed requests get a 4xx with a code, never a 5xx (docs/api.md, "Errors"), over the real socket."""
     cli = shutil.which("schemathesis", path=os.path.dirname(sys.executable))
     result = subprocess.run(
         [cli, "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "30",
