@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 import uvicorn
 
 from task_api.app import create_app
 from task_api.settings import ApiSettings
+from taskfleet.pipelines import PipelineLoadError
 
 KEEP_ALIVE_S = 30
 
@@ -24,7 +26,11 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "database_url": args.database_url}.items() if v is not None}
     settings = ApiSettings(**overrides)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except PipelineLoadError as exc:
+        print(f"taskfleet api: pipeline {exc}", file=sys.stderr)
+        sys.exit(2)
     # Idle connections stay open longer than the clients keep theirs (5 s), so a client never
     # sends a request on a connection the API is closing at that moment: a POST lost that way
     # could not be resent safely.
