@@ -328,13 +328,14 @@ class Queue:
     async def _in_pipeline(self, task_id: str, change: Callable[[Store], Any], now: float) -> Row | None:
         """Run a stage task's state change in its pipeline's transaction; if the task ends
         there, the pipeline moves on (next stage, or its own end) in the same commit. None
-        where the task belongs to no pipeline (or the change matched nothing)."""
+        where the change matched nothing. A task of no pipeline (a plain task whose fence
+        failed, or a stage task whose pipeline retention already removed) gets the change alone."""
         effects = Effects()
         async with self.store.pipeline_transaction(task_id) as (tx, pipeline):
-            if pipeline is None or pipeline["id"] == task_id:
-                return None
+            if pipeline is not None and pipeline["id"] == task_id:
+                return None  # the pipeline task itself holds no lease to end
             row = await change(tx)
-            if row is not None and row["status"] in TERMINAL:
+            if pipeline is not None and row is not None and row["status"] in TERMINAL:
                 await self.pipelines.settle(tx, pipeline, now, effects)
         self._signal_effects(effects)
         return row

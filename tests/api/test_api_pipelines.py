@@ -152,6 +152,14 @@ async def test_the_pipeline_task_itself_is_never_handed_to_a_consumer(producer, 
     assert [t["stage"] for t in tasks] == ["first"] and created["task_id"] not in {t["task_id"] for t in tasks}
 
 
+async def test_a_batch_create_takes_pipelines_beside_plain_tasks(producer, consumer):
+    pipeline, plain = await producer.submit_many([{"workflow": "branches", "input": {}}, {"workflow": "echo", "input": {}}])
+    assert (pipeline["status"], plain["status"]) == ("PROCESSING", "PENDING")
+    fetched = await take(consumer, 3)
+    assert sorted((t["parent_id"] or "", t["stage"] or "") for t in fetched) == sorted(
+        [("", ""), (pipeline["task_id"], "left"), (pipeline["task_id"], "right")])  # fmt: skip
+
+
 async def test_a_map_over_nothing_completes_its_stage_at_once(producer, consumer):
     created = await producer.submit("chain", {"words": [], "n": 1})
     await run_one(consumer, "first")
