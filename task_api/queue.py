@@ -263,12 +263,12 @@ class Queue:
         params = {"id": task_id, "now": time.time(), "in_pipeline": False}
         row = await self.store.cancel(params)
         if row is None:
-            row = await self._cancel_in_pipeline(params)
+            row = await self._cancel_in_pipeline(params)  # signals what it ended itself
+        elif row["status"] == "CANCELLED":
+            self._signal_finished(row)
         if row is None:
             current = await self.get(task_id)
             raise Conflict(f"task is {current['status']} and cannot be cancelled", code="invalid_state")
-        if row["status"] == "CANCELLED":
-            self._signal_finished(row)
         return row
 
     async def _cancel_in_pipeline(self, params: dict[str, Any]) -> Row | None:
