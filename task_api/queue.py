@@ -498,6 +498,27 @@ class Queue:
         staged = {**params, "in_pipeline": True}
         return await self._in_pipeline(params["id"], lambda tx: tx.finish(staged), params["now"])
 
+    async def _complete_in_pipelines(self, all_params: list[dict[str, Any]]) -> list[Row | None]:
+        """Complete stage tasks of a batch, siblings together: one transaction per pipeline
+        (its lock taken once, the pipeline settled once after all of them), one after another,
+        so no transaction holds two pipelines' locks. None for a lease fenced off."""
+        groups: dict[str, list[int]] = {}
+        for i, params in enumerate(all_params):
+            parent_id = await self.store.fetchval(sql.PARENT_OF, {"id": params["id"]})
+            if parent_id is not None:  # else a plain task whose fence failed
+                groups.setdefault(parent_id, []).append(i)
+        rows: list[Row | None] = [None] * len(all_params)
+        for members in groups.values():
+            effects = Effects()
+            first = all_params[members[0]]
+            async with self.store.pipeline_transaction(first["id"]) as (tx, pipeline):
+                for i in members:
+                    rows[i] = await tx.finish({**all_params[i], "in_pipeline": True})
+                if pipeline is not None and any(rows[i] is not None for i in members):
+                    await self.pipelines.settle(tx, pipeline, first["now"], effects)
+            self._signal_effects(effects)
+        return rows
+
     async def complete_many(self, items: list[tuple[str, str, Any]]) -> list[Row | Exception]:
         """Complete several leases in one transaction; each is fenced on its own (a lost lease
         is reported for that item and changes nothing, the others still complete)."""
@@ -506,11 +527,13 @@ class Queue:
             for task_id, lease_id, output in items
         ]
         rows = await self.store.complete_many(all_params)
+        missed = [i for i, row in enumerate(rows) if row is None]
+        if missed:  # stage tasks (and fenced leases): each pipeline's in one transaction
+            staged = await self._complete_in_pipelines([all_params[i] for i in missed])
+            for i, row in zip(missed, staged):
+                rows[i] = row
         results: list[Row | Exception] = []
         for params, row in zip(all_params, rows):
-            if row is None:
-                # A stage task completes in its pipeline's transaction, one at a time.
-                row = await self._finish_in_pipeline(params)
             if row is None:
                 try:
                     results.append(await self._fenced_miss(params["id"]))
