@@ -98,7 +98,7 @@ async def run_one(consumer: ConsumerClient, stage: str) -> dict:
     return task
 
 
-async def test_fan_out_fan_in_keeps_item_order_and_json_types(producer, consumer):
+async def test_fan_out_fan_in_keeps_item_order_and_json_types(api, producer, consumer):
     created = await producer.submit("chain", {"words": ["a", "b", "c"], "n": 7}, priority=5)
     assert created["status"] == "PROCESSING" and created["parent_id"] is None
     first = await run_one(consumer, "first")
@@ -131,6 +131,10 @@ async def test_fan_out_fan_in_keeps_item_order_and_json_types(producer, consumer
     listed = await producer.list(workflow="echo")
     assert {t["task_id"] for t in listed["items"]} >= {first["task_id"], last["task_id"]}
     assert [t["task_id"] for t in (await producer.list(workflow="chain"))["items"]] == [created["task_id"]]
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        metrics = (await client.get("/metrics")).text
+    assert 'taskfleet_tasks{status="COMPLETED",workflow="echo"} 5.0' in metrics
+    assert 'taskfleet_tasks{status="COMPLETED",workflow="chain"} 1.0' in metrics
 
 
 async def test_parallel_branches_start_at_once_and_join(producer, consumer):
