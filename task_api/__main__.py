@@ -13,6 +13,7 @@ from storage.errors import INVALID_CONFIG, StorageError
 from task_api.app import create_app
 from task_api.settings import ApiSettings
 from taskfleet.errors import ConfigError
+from taskfleet.pipelines import PipelineLoadError
 from taskfleet.settings_check import exit_on_bad_settings, fail, warn_unknown_names
 
 PROG = "taskfleet api"
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
             if exc.code != INVALID_CONFIG:
                 raise
             raise ConfigError(f"TASKFLEET_STORAGE_URL: {exc.message}") from None
+        except PipelineLoadError as exc:
+            fail(PROG, f"pipeline {exc}")
     # Idle connections stay open longer than the clients keep theirs (5 s), so a client never
     # sends a request on a connection the API is closing at that moment: a POST lost that way
     # could not be resent safely.

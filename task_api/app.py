@@ -19,6 +19,7 @@ from task_api.bodylimit import BodyLimitMiddleware
 from task_api.housekeeping import purge_forever, reap_forever
 from task_api.metrics import ApiMetrics
 from task_api.openapi import install_openapi
+from task_api.pipeline_runs import PipelineRunner
 from task_api.queue import Queue
 from task_api.routes_consumer import consumer_router
 from task_api.routes_ops import ops_router
@@ -28,6 +29,7 @@ from task_api.settings import ApiSettings, split_csv
 from task_api.store import open_store
 from task_api.wakeup import Dispatcher
 from task_api.webhooks import WebhookSender
+from taskfleet import pipelines as pipeline_defs
 from taskfleet.errors import TaskfleetError, error_body
 from taskfleet.urlguard import UrlGuard
 from taskfleet.workflows import WorkflowRegistry
@@ -66,6 +68,11 @@ def create_app(
     storage: Any = None,
 ) -> FastAPI:
     settings = settings or ApiSettings()
+    # Pipelines are checked before anything else starts: a bad definition stops the API here
+    # (PipelineLoadError, one line naming the file), not at some producer's create.
+    workflows = workflows or WorkflowRegistry.from_entry_points()
+    definitions = pipeline_defs.load(workflows.names(), settings.pipelines_dir or None)
+    runner = PipelineRunner(definitions, {wf.name: wf for wf in workflows.all()}, settings.max_fanout)
     auth = Authenticator(settings.token_sets, host=settings.host)
     store = open_store(settings.database_url)
     dispatcher = Dispatcher()
@@ -86,12 +93,14 @@ def create_app(
         backoff_max_s=settings.backoff_max_s,
         on_finished=metrics.observe_finished,
         on_webhook=webhooks.poke,
+        pipelines=runner,
     )
     svc = Services(
         settings=settings,
         queue=queue,
         auth=auth,
-        workflows=workflows or WorkflowRegistry.from_entry_points(),
+        # Producers reach pipelines as they reach any workflow (name, route alias).
+        workflows=WorkflowRegistry({**{wf.name: wf for wf in workflows.all()}, **definitions}),
         metrics=metrics,
         url_guard=guard,
         webhooks=webhooks,

@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
+from task_api.pipeline_runs import Effects, PipelineRunner, stages_view
 from task_api.store import Row, Store, sql
 from task_api.wakeup import Dispatcher, Waiter
 from taskfleet.coalesce import Coalescer
@@ -53,6 +54,7 @@ class Queue:
         backoff_max_s: float = 300.0,
         on_finished: Callable[[Row], None] | None = None,
         on_webhook: Callable[[], None] | None = None,
+        pipelines: PipelineRunner | None = None,
     ) -> None:
         self.store = store
         self._dispatcher = dispatcher
@@ -61,6 +63,7 @@ class Queue:
         self.backoff_max_s = backoff_max_s
         self._on_finished = on_finished or (lambda row: None)
         self._on_webhook = on_webhook or (lambda: None)
+        self.pipelines = pipelines or PipelineRunner({}, {})
         self._creates: Coalescer[dict[str, Any], tuple[Row, bool]] = Coalescer(self._create_together)
 
     # -- signals ------------------------------------------------------------------------------
@@ -75,6 +78,17 @@ class Queue:
         if row.get("webhook_url"):
             self._on_webhook()
 
+    def _signal_effects(self, effects: Effects) -> None:
+        """After a pipeline transaction's commit: wake fetches for its new and restarted stage
+        tasks, and announce the pipeline's end."""
+        fresh: dict[str, int] = {}
+        for row in effects.created + effects.restarted:
+            fresh[row["workflow"]] = fresh.get(row["workflow"], 0) + 1
+        for workflow, count in fresh.items():
+            self._signal_pending(workflow, count)
+        if effects.ended is not None:
+            self._signal_finished(effects.ended)
+
     def _signal_later(self, workflow: str, delay_s: float) -> None:
         # Backoff ends with no row change to NOTIFY about: wake our own waiters then (other
         # replicas pick it up on their periodic ready-check).
@@ -85,7 +99,10 @@ class Queue:
         """Insert a task; returns (row, created). A repeated key returns the first task.
 
         Creates that arrive while one is being written go together in the next write (one
-        statement and one commit on Postgres); each is still committed before it returns."""
+        statement and one commit on Postgres); each is still committed before it returns.
+        A pipeline goes in with its first stages' tasks, in one transaction of its own."""
+        if self.pipelines.is_pipeline(spec["workflow"]):
+            return await self._create_pipeline(self._insert_params(spec, time.time()))
         result = await self._creates.submit(self._insert_params(spec, time.time()))
         # A fetch this create woke claims before the create's own answer is written: on the way
         # to a consumer, not behind the producer's response.
@@ -98,11 +115,36 @@ class Queue:
         webhook_url, metadata, idempotency_key, body_hash and optionally notify_done."""
         now = time.time()
         params = [self._insert_params(spec, now) for spec in specs]
+        plain = [p for p in params if not self.pipelines.is_pipeline(p["workflow"])]
+        effects = Effects()
         async with self.store.transaction() as tx:
-            inserted = await tx.insert_tasks(params)
-            results = [await self._existing_or_new(tx, p, row) for p, row in zip(params, inserted)]
-        self._signal_created(results)
+            inserted = dict(zip((p["id"] for p in plain), await tx.insert_tasks(plain) if plain else []))
+            results = []
+            for p in params:
+                if p["id"] in inserted:
+                    results.append(await self._existing_or_new(tx, p, inserted[p["id"]]))
+                else:
+                    results.append(await self._insert_pipeline(tx, p, effects))
+        self._signal_created([r for r, p in zip(results, params) if p["id"] in inserted])
+        self._signal_effects(effects)
         return results
+
+    async def _create_pipeline(self, p: dict[str, Any]) -> tuple[Row, bool]:
+        effects = Effects()
+        async with self.store.transaction() as tx:
+            result = await self._insert_pipeline(tx, p, effects)
+        self._signal_effects(effects)
+        return result
+
+    async def _insert_pipeline(self, tx: Store, p: dict[str, Any], effects: Effects) -> tuple[Row, bool]:
+        """The pipeline task, PROCESSING at once, with its first stages' tasks (in ``tx``)."""
+        row = await tx.fetchrow(sql.INSERT_PIPELINE_TASK, {**p, "pipeline_def": self.pipelines.snapshot(p["workflow"])})
+        if row is None:
+            return await self._existing_or_new(tx, p, None)
+        await self.pipelines.settle(tx, row, p["now"], effects)
+        if effects.ended is not None and effects.ended["id"] == row["id"]:
+            return effects.ended, True
+        return await tx.fetchrow(sql.SELECT_TASK, {"id": row["id"]}), True
 
     async def _create_together(self, params: list[dict[str, Any]]) -> list[tuple[Row, bool] | Exception]:
         """The coalescer's flush: independent creates, so one item's idempotency conflict is
@@ -218,21 +260,91 @@ class Queue:
         return rows[:limit], next_cursor
 
     async def cancel(self, task_id: str) -> Row:
-        row = await self.store.cancel({"id": task_id, "now": time.time()})
+        params = {"id": task_id, "now": time.time(), "in_pipeline": False}
+        row = await self.store.cancel(params)
+        if row is None:
+            row = await self._cancel_in_pipeline(params)  # signals what it ended itself
+        elif row["status"] == "CANCELLED":
+            self._signal_finished(row)
         if row is None:
             current = await self.get(task_id)
             raise Conflict(f"task is {current['status']} and cannot be cancelled", code="invalid_state")
-        if row["status"] == "CANCELLED":
-            self._signal_finished(row)
+        return row
+
+    async def _cancel_in_pipeline(self, params: dict[str, Any]) -> Row | None:
+        """Cancel a pipeline (its unfinished stage tasks with it), or one of its stage tasks
+        (which ends the pipeline CANCELLED once that task has ended)."""
+        task_id, now = params["id"], params["now"]
+        effects = Effects()
+        async with self.store.pipeline_transaction(task_id) as (tx, pipeline):
+            if pipeline is None:
+                return None
+            if pipeline["id"] == task_id:
+                if pipeline["status"] != "PROCESSING":
+                    return None
+                error = {"code": "cancelled", "message": "cancelled while running"}
+                await self.pipelines.end(tx, pipeline, "CANCELLED", now, error=error, effects=effects)
+                row = effects.ended
+            else:
+                row = await tx.cancel({**params, "in_pipeline": True})
+                if row is not None and row["status"] == "CANCELLED":
+                    await self.pipelines.settle(tx, pipeline, now, effects)
+        self._signal_effects(effects)
         return row
 
     async def retry(self, task_id: str) -> Row:
         row = await self.store.fetchrow(sql.RETRY, {"id": task_id, "now": time.time()})
         if row is None:
+            row = await self._retry_pipeline(task_id)
+            if row is not None:
+                return row
             current = await self.get(task_id)
+            if current["parent_id"] is not None:
+                raise Conflict(
+                    f"task is a stage of pipeline {current['parent_id']}: retry the pipeline", code="invalid_state"
+                )
             raise Conflict(f"task is {current['status']}; only FAILED or CANCELLED tasks can be retried", code="invalid_state")
         self._signal_pending(row["workflow"])
         return row
+
+    async def _retry_pipeline(self, task_id: str) -> Row | None:
+        """A FAILED or CANCELLED pipeline runs again: its stage tasks that did not complete
+        (same ids, attempts reset), then the stages not yet started. COMPLETED ones stay."""
+        now = time.time()
+        effects = Effects()
+        async with self.store.pipeline_transaction(task_id) as (tx, pipeline):
+            if pipeline is None or pipeline["id"] != task_id:
+                return None
+            row = await tx.fetchrow(sql.RETRY_PIPELINE, {"id": task_id, "now": now})
+            if row is None:
+                return None
+            effects.restarted = await tx.fetch(sql.RETRY_STAGE_TASKS, {"id": task_id, "now": now})
+            await tx.execute(sql.KEEP_STAGE_TASKS_RUNNING, {"id": task_id})
+            await self.pipelines.settle(tx, row, now, effects)
+            current = effects.ended or await tx.fetchrow(sql.SELECT_TASK, {"id": task_id})
+        self._signal_effects(effects)
+        return current
+
+    async def _in_pipeline(self, task_id: str, change: Callable[[Store], Any], now: float) -> Row | None:
+        """Run a stage task's state change in its pipeline's transaction; if the task ends
+        there, the pipeline moves on (next stage, or its own end) in the same commit. None
+        where the change matched nothing. A task of no pipeline (a plain task whose fence
+        failed, or a stage task whose pipeline retention already removed) gets the change alone."""
+        effects = Effects()
+        async with self.store.pipeline_transaction(task_id) as (tx, pipeline):
+            if pipeline is not None and pipeline["id"] == task_id:
+                return None  # the pipeline task itself holds no lease to end
+            row = await change(tx)
+            if pipeline is not None and row is not None and row["status"] in TERMINAL:
+                await self.pipelines.settle(tx, pipeline, now, effects)
+        self._signal_effects(effects)
+        return row
+
+    async def stages(self, row: Row) -> list[dict[str, Any]] | None:
+        """A pipeline's stages view (None for any other task)."""
+        if not self.pipelines.is_pipeline(row["workflow"]):
+            return None
+        return await stages_view(self.store, row["id"])
 
     async def wait_finished(self, task_id: str, wait_s: float) -> Row:
         """Wait for a task to reach a terminal state, up to ``wait_s``; returns its latest row."""
@@ -363,6 +475,7 @@ class Queue:
             "error": dumps(error) if error is not None else None,
             "retryable": retryable,
             "not_before": not_before if not_before is not None else now,
+            "in_pipeline": False,
         }
 
     def _after_finish(self, row: Row, params: dict[str, Any]) -> None:
@@ -375,9 +488,36 @@ class Queue:
         params = self._finish_params(task_id, lease_id, **kwargs)
         row = await self.store.finish(params)
         if row is None:
+            row = await self._finish_in_pipeline(params)
+        if row is None:
             raise await self._fenced_miss(task_id)
         self._after_finish(row, params)
         return row
+
+    async def _finish_in_pipeline(self, params: dict[str, Any]) -> Row | None:
+        staged = {**params, "in_pipeline": True}
+        return await self._in_pipeline(params["id"], lambda tx: tx.finish(staged), params["now"])
+
+    async def _complete_in_pipelines(self, all_params: list[dict[str, Any]]) -> list[Row | None]:
+        """Complete stage tasks of a batch, siblings together: one transaction per pipeline
+        (its lock taken once, the pipeline settled once after all of them), one after another,
+        so no transaction holds two pipelines' locks. None for a lease fenced off."""
+        groups: dict[str, list[int]] = {}
+        for i, params in enumerate(all_params):
+            parent_id = await self.store.fetchval(sql.PARENT_OF, {"id": params["id"]})
+            if parent_id is not None:  # else a plain task whose fence failed
+                groups.setdefault(parent_id, []).append(i)
+        rows: list[Row | None] = [None] * len(all_params)
+        for members in groups.values():
+            effects = Effects()
+            first = all_params[members[0]]
+            async with self.store.pipeline_transaction(first["id"]) as (tx, pipeline):
+                for i in members:
+                    rows[i] = await tx.finish({**all_params[i], "in_pipeline": True})
+                if pipeline is not None and any(rows[i] is not None for i in members):
+                    await self.pipelines.settle(tx, pipeline, first["now"], effects)
+            self._signal_effects(effects)
+        return rows
 
     async def complete_many(self, items: list[tuple[str, str, Any]]) -> list[Row | Exception]:
         """Complete several leases in one transaction; each is fenced on its own (a lost lease
@@ -387,6 +527,11 @@ class Queue:
             for task_id, lease_id, output in items
         ]
         rows = await self.store.complete_many(all_params)
+        missed = [i for i, row in enumerate(rows) if row is None]
+        if missed:  # stage tasks (and fenced leases): each pipeline's in one transaction
+            staged = await self._complete_in_pipelines([all_params[i] for i in missed])
+            for i, row in zip(missed, staged):
+                rows[i] = row
         results: list[Row | Exception] = []
         for params, row in zip(all_params, rows):
             if row is None:
@@ -423,9 +568,12 @@ class Queue:
         )
 
     async def release(self, task_id: str, lease_id: str) -> Row:
-        row = await self.store.release(
-            {"id": task_id, "lease_id": lease_id, "now": time.time(), "outcome": "released", "error": None}
-        )
+        params = {"id": task_id, "lease_id": lease_id, "now": time.time(), "outcome": "released", "error": None,
+                  "in_pipeline": False}  # fmt: skip
+        row = await self.store.release(params)
+        if row is None:
+            staged = {**params, "in_pipeline": True}
+            row = await self._in_pipeline(task_id, lambda tx: tx.release(staged), params["now"])
         if row is None:
             raise await self._fenced_miss(task_id)
         if row["status"] == "PENDING":
@@ -437,7 +585,13 @@ class Queue:
     # -- housekeeping -----------------------------------------------------------------------
     async def expire(self) -> list[Row]:
         """End every lease past its expiry or its attempt's timeout; returns the moved tasks."""
-        moved = await self.store.expire(time.time())
+        now = time.time()
+        moved = await self.store.expire(now)
+        for due in await self.store.fetch(sql.SELECT_EXPIRED_STAGE_TASKS, {"now": now}):
+            params = {"id": due["id"], "lease_id": due["lease_id"], "outcome": due["outcome"], "now": now}
+            row = await self._in_pipeline(due["id"], lambda tx, p=params: tx.expire_one(p), now)
+            if row is not None:
+                moved.append(row)
         for row in moved:
             if row["status"] == "PENDING":
                 self._signal_pending(row["workflow"])

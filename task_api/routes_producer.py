@@ -140,9 +140,13 @@ def producer_router(svc: Services) -> APIRouter:
         return JSONResponse({"tasks": [task_json(r) for r, _ in results]}, status_code=201 if created else 200)
 
     @router.get("/api/tasks/{task_id}", response_model=TaskWithHistory)
-    async def get_task(task_id: Text) -> dict[str, Any]:
+    async def get_task(task_id: Text) -> JSONResponse:
         row = await queue.get(task_id)
-        return {**task_json(row), "history": [attempt_json(r) for r in await queue.history(task_id)]}
+        body = {**task_json(row), "history": [attempt_json(r) for r in await queue.history(task_id)]}
+        stages = await queue.stages(row)
+        if stages is not None:  # a pipeline's GET adds its stages; other tasks' GET is unchanged
+            body["stages"] = stages
+        return JSONResponse(body)
 
     @router.get("/api/tasks", response_model=TaskPage)
     async def list_tasks(

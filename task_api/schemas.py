@@ -94,10 +94,23 @@ class Task(BaseModel):
     updated_at: str
     started_at: Optional[str]
     finished_at: Optional[str]
+    # A pipeline's stage task: its pipeline, stage and item position (null for other tasks).
+    parent_id: Optional[str] = None
+    stage: Optional[str] = None
+    index: Optional[int] = None
+
+
+class StageView(BaseModel):
+    name: str
+    status: Status
+    task_ids: list[str]
+    completed: int
+    total: int
 
 
 class TaskWithHistory(Task):
     history: list[Attempt]
+    stages: Optional[list[StageView]] = Field(None, description="a pipeline's stages, in definition order")
 
 
 class TaskBatch(BaseModel):
@@ -227,6 +240,9 @@ def task_json(row: dict[str, Any]) -> dict[str, Any]:
         "updated_at": iso(row["updated_at"]),
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
+        "parent_id": row["parent_id"],
+        "stage": row["stage"],
+        "index": row["item_index"],
     }
 
 

@@ -46,6 +46,11 @@ class ApiSettings(BaseSettings):
     webhook_timeout_s: float = 10.0
     url_allowlist: str = ""
 
+    # Pipelines: operators' own definitions (every *.yaml there), and the most tasks one map
+    # stage may fan out to.
+    pipelines_dir: str = ""
+    max_fanout: int = Field(1000, ge=0)
+
     storage_url: str = Field(default_factory=lambda: f"file://{Path('var/storage').resolve()}")
     # Base URL at which this API is reached, for links to locally stored files.
     public_url: str = ""

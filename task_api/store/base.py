@@ -118,6 +118,24 @@ class Store(abc.ABC):
         """End leases past their expiry or their attempt's timeout (a batch of them): the moved
         tasks' id, workflow, status and error."""
 
+    # -- pipelines --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def pipeline_transaction(self, task_id: str) -> AbstractAsyncContextManager[tuple[Store, Row | None]]:
+        """A transaction holding the pipeline that ``task_id`` is a stage task of (or is): yields
+        the store to run its statements on and the pipeline's row (with ``pipeline_def`` and
+        ``stages_started``), None where the task belongs to no pipeline. While it is held, no
+        other transaction changes that pipeline or starts its stages, on any replica."""
+
+    @abc.abstractmethod
+    async def insert_stage_tasks(self, params: list[dict[str, Any]]) -> list[Row]:
+        """Insert a stage's PENDING tasks (inside the caller's transaction), in the order given."""
+
+    @abc.abstractmethod
+    async def expire_one(self, params: dict[str, Any]) -> Row | None:
+        """End one expired lease (``params``: id, lease_id, outcome, now) as ``expire`` does,
+        inside the caller's transaction: its id, workflow, status and error; None if it was no
+        longer expirable."""
+
     @abc.abstractmethod
     async def claim_webhooks(self, params: dict[str, Any]) -> list[Row]:
         """Take up to ``params["limit"]`` due webhook deliveries, pushing their next_at past

@@ -191,6 +191,20 @@ class PostgresStore(Store):
     async def expire(self, now: float) -> list[Row]:
         return await self.fetch(sql.EXPIRE_POSTGRES, {"now": now})
 
+    @contextlib.asynccontextmanager
+    async def pipeline_transaction(self, task_id: str) -> AsyncIterator[tuple["PostgresStore", Row | None]]:
+        async with self.transaction() as tx:
+            yield tx, await tx.fetchrow(sql.LOCK_PIPELINE_POSTGRES, {"id": task_id})
+
+    async def insert_stage_tasks(self, params: list[dict[str, Any]]) -> list[Row]:
+        if not params:
+            return []
+        columns = {f"{name}_list": [p[name] for p in params] for name in sql.INSERT_STAGE_TASKS_COLUMNS}
+        return await self.fetch(sql.INSERT_STAGE_TASKS_POSTGRES, {**columns, "now": params[0]["now"]})
+
+    async def expire_one(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.EXPIRE_ONE_POSTGRES, params)
+
     async def claim_webhooks(self, params: dict[str, Any]) -> list[Row]:
         return await self.fetch(sql.CLAIM_WEBHOOKS_POSTGRES, params)
 

@@ -28,8 +28,11 @@ TERMINAL = "(" + ", ".join(f"'{status}'" for status in TaskStatus if status in T
 TASK_COLUMNS = (
     "seq, id, workflow, status, input, output, error, progress, priority, attempts, max_attempts, "
     "timeout_s, webhook_url, metadata, idempotency_key, request_hash, consumer_id, lease_id, "
-    "lease_expires_at, cancel_requested, created_at, updated_at, started_at, finished_at"
+    "lease_expires_at, cancel_requested, created_at, updated_at, started_at, finished_at, "
+    "parent_id, stage, item_index"
 )
+# A pipeline task's own columns, beside TASK_COLUMNS where the pipeline is advanced.
+PIPELINE_COLUMNS = "pipeline_def, stages_started"
 
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
@@ -39,7 +42,7 @@ _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 PG_TYPES = {
     "now": "float8", "lease_s": "float8", "not_before": "float8", "cutoff": "float8",
     "inflight_s": "float8", "next_at": "float8", "timeout_s": "float8", "limit": "int", "cursor": "bigint",
-    "retryable": "boolean", "any_workflow": "boolean", "give_up": "boolean",
+    "retryable": "boolean", "any_workflow": "boolean", "give_up": "boolean", "in_pipeline": "boolean",
     "workflows": "text[]", "status": "text", "workflow": "text", "outcome": "text",
     "output": "text", "error": "text", "progress": "text",
     # INSERT_TASKS_POSTGRES's columns, one array each
@@ -49,6 +52,8 @@ PG_TYPES = {
     "notify_done_list": "int[]",
     # COMPLETE_MANY_POSTGRES's items
     "lease_id_list": "text[]", "output_list": "text[]",
+    # INSERT_STAGE_TASKS_POSTGRES's extra columns
+    "parent_id_list": "text[]", "stage_list": "text[]", "item_index_list": "int[]",
 }
 
 
@@ -218,6 +223,12 @@ FENCE = (
     "AND lease_expires_at > :now AND deadline_at > :now"
 )
 
+# A pipeline's stage task changes state only inside its pipeline's transaction (queue.py,
+# ``_in_pipeline``), where the change and the pipeline's advancement commit together. The
+# statements below that can end a task therefore skip stage tasks unless :in_pipeline says the
+# caller holds that transaction; a miss sends the caller there.
+OUTSIDE_PIPELINE = "(parent_id IS NULL OR :in_pipeline)"
+
 # Extends the lease and records progress. Returns cancel_requested so the holder learns of a
 # cancel at its next heartbeat.
 HEARTBEAT = f"""
@@ -248,13 +259,13 @@ FINISHED_AT = f"""
 """
 FINISH_SQLITE = f"""
 UPDATE tasks SET {FINISH_COLUMNS}, {FINISHED_AT}
-WHERE {FENCE}
+WHERE {FENCE} AND {OUTSIDE_PIPELINE}
 RETURNING {TASK_COLUMNS}
 """
 END_ATTEMPT_SQLITE = """
 UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error WHERE lease_id = :lease_id
 """
-ENQUEUE_WEBHOOK_SQLITE = f"""
+ENQUEUE_WEBHOOK = f"""
 INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
 SELECT id, webhook_url, :now, :now FROM tasks
 WHERE id = :id AND webhook_url IS NOT NULL AND status IN {TERMINAL}
@@ -263,7 +274,7 @@ WHERE id = :id AND webhook_url IS NOT NULL AND status IN {TERMINAL}
 FINISH_POSTGRES = f"""
 WITH done AS (
     UPDATE tasks SET {FINISH_COLUMNS}, {FINISHED_AT}
-    WHERE {FENCE}
+    WHERE {FENCE} AND {OUTSIDE_PIPELINE}
     RETURNING *
 ), ended AS (
     UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error
@@ -277,7 +288,7 @@ SELECT {TASK_COLUMNS} FROM done
 """
 
 # Postgres: many completions in one statement, each item under the same fence as FENCE (its
-# own id, lease and unexpired deadlines). An item whose fence fails matches no row and is
+# own id, lease and unexpired deadlines). Stage tasks are left to their pipeline's transaction. An item whose fence fails matches no row and is
 # missing from RETURNING; ``fenced_lease_id`` names the lease each returned row ended.
 COMPLETE_MANY_POSTGRES = f"""
 WITH items AS (
@@ -289,7 +300,7 @@ WITH items AS (
         updated_at = :now, progress = '{{"percent": 100, "message": "done"}}', finished_at = :now
     FROM items i
     WHERE t.id = i.id AND t.lease_id = i.lease_id AND t.status = 'PROCESSING'
-      AND t.lease_expires_at > :now AND t.deadline_at > :now
+      AND t.lease_expires_at > :now AND t.deadline_at > :now AND t.parent_id IS NULL
     RETURNING t.*, i.lease_id AS fenced_lease_id
 ), ended AS (
     UPDATE attempts a SET ended_at = :now, outcome = 'completed', error = NULL
@@ -320,7 +331,7 @@ EXPIRABLE = "status = 'PROCESSING' AND (lease_expires_at <= :now OR deadline_at 
 
 SELECT_EXPIRED_SQLITE = f"""
 SELECT id, lease_id, CASE WHEN deadline_at <= :now THEN 'timed_out' ELSE 'lease_expired' END AS outcome
-FROM tasks WHERE {EXPIRABLE} LIMIT 500
+FROM tasks WHERE {EXPIRABLE} AND parent_id IS NULL LIMIT 500
 """
 EXPIRE_ONE_SQLITE = f"""
 UPDATE tasks SET {EXPIRE_COLUMNS}
@@ -331,7 +342,7 @@ RETURNING id, workflow, status, error
 EXPIRE_POSTGRES = f"""
 WITH due AS (
     SELECT seq, lease_id, CASE WHEN deadline_at <= :now THEN 'timed_out' ELSE 'lease_expired' END AS outcome
-    FROM tasks WHERE {EXPIRABLE} LIMIT 500 FOR UPDATE SKIP LOCKED
+    FROM tasks WHERE {EXPIRABLE} AND parent_id IS NULL LIMIT 500 FOR UPDATE SKIP LOCKED
 ), expired AS (
     UPDATE tasks t SET {EXPIRE_COLUMNS}
     FROM due WHERE t.seq = due.seq
@@ -347,6 +358,24 @@ WITH due AS (
 SELECT id, workflow, status, error FROM expired
 """
 
+# Expired stage tasks: each is moved on its own, inside its pipeline's transaction
+# (EXPIRE_ONE_SQLITE / EXPIRE_ONE_POSTGRES, which re-check that it is still expirable).
+SELECT_EXPIRED_STAGE_TASKS = f"""
+SELECT id, lease_id, CASE WHEN deadline_at <= :now THEN 'timed_out' ELSE 'lease_expired' END AS outcome
+FROM tasks WHERE {EXPIRABLE} AND parent_id IS NOT NULL LIMIT 500
+"""
+EXPIRE_ONE_POSTGRES = f"""
+WITH expired AS (
+    UPDATE tasks SET {EXPIRE_COLUMNS}
+    WHERE id = :id AND lease_id = :lease_id AND {EXPIRABLE}
+    RETURNING id, workflow, status, error
+), ended AS (
+    UPDATE attempts a SET ended_at = :now, outcome = :outcome, error = expired.error
+    FROM expired WHERE a.lease_id = :lease_id
+)
+SELECT id, workflow, status, error FROM expired
+"""
+
 # -- release ------------------------------------------------------------------------------
 # Back to PENDING at once without counting the attempt (shutdown, model server down); a
 # cancel that was waiting for the holder ends the task instead.
@@ -357,11 +386,11 @@ RELEASE_COLUMNS = """
     not_before = :now, lease_id = NULL, lease_expires_at = NULL, deadline_at = NULL, updated_at = :now
 """
 RELEASE_SQLITE = f"""
-UPDATE tasks SET {RELEASE_COLUMNS} WHERE {FENCE} RETURNING {TASK_COLUMNS}
+UPDATE tasks SET {RELEASE_COLUMNS} WHERE {FENCE} AND {OUTSIDE_PIPELINE} RETURNING {TASK_COLUMNS}
 """
 RELEASE_POSTGRES = f"""
 WITH released AS (
-    UPDATE tasks SET {RELEASE_COLUMNS} WHERE {FENCE} RETURNING *
+    UPDATE tasks SET {RELEASE_COLUMNS} WHERE {FENCE} AND {OUTSIDE_PIPELINE} RETURNING *
 ), ended AS (
     UPDATE attempts SET ended_at = :now, outcome = 'released'
     WHERE lease_id = :lease_id AND EXISTS (SELECT 1 FROM released)
@@ -375,7 +404,8 @@ SELECT {TASK_COLUMNS} FROM released
 
 # -- producer-side state changes ------------------------------------------------------------
 # PENDING → CANCELLED at once; PROCESSING → cancel requested (the holder learns at its next
-# heartbeat). Terminal tasks match nothing.
+# heartbeat). Terminal tasks match nothing, and neither does a pipeline task (its cancel is
+# CANCEL_STAGE_TASKS and END_PIPELINE in its own transaction).
 CANCEL_COLUMNS = """
     status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' ELSE status END,
     finished_at = CASE WHEN status = 'PENDING' THEN :now ELSE finished_at END,
@@ -385,11 +415,13 @@ CANCEL_COLUMNS = """
 """
 CANCEL_SQLITE = f"""
 UPDATE tasks SET {CANCEL_COLUMNS} WHERE id = :id AND status IN ('PENDING', 'PROCESSING')
+    AND pipeline_def IS NULL AND {OUTSIDE_PIPELINE}
 RETURNING {TASK_COLUMNS}
 """
 CANCEL_POSTGRES = f"""
 WITH cancelled AS (
     UPDATE tasks SET {CANCEL_COLUMNS} WHERE id = :id AND status IN ('PENDING', 'PROCESSING')
+        AND pipeline_def IS NULL AND {OUTSIDE_PIPELINE}
     RETURNING *
 ), hook AS (
     INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
@@ -399,14 +431,118 @@ WITH cancelled AS (
 SELECT {TASK_COLUMNS} FROM cancelled
 """
 
-# A FAILED or CANCELLED task runs again from scratch; its history stays.
+# A FAILED or CANCELLED task runs again from scratch; its history stays. Pipelines and their
+# stage tasks are retried as a whole (RETRY_PIPELINE).
 RETRY = f"""
 UPDATE tasks SET status = 'PENDING', attempts = 0, output = NULL, error = NULL,
     progress = '{{"percent": 0, "message": ""}}', cancel_requested = 0, not_before = :now,
     started_at = NULL, finished_at = NULL, updated_at = :now
-WHERE id = :id AND status IN ('FAILED', 'CANCELLED')
+WHERE id = :id AND status IN ('FAILED', 'CANCELLED') AND parent_id IS NULL AND pipeline_def IS NULL
 RETURNING {TASK_COLUMNS}
 """
+
+# -- pipelines --------------------------------------------------------------------------------
+# A pipeline's state changes (a stage task ending, its next stage starting, the pipeline ending,
+# cancel, retry) happen in one transaction that first takes the pipeline's row: every change to
+# one pipeline then runs one after another, and each sees the ones before it (on Postgres the
+# lock's wait ends with the row as the previous holder committed it, and each later statement of
+# READ COMMITTED reads a fresh snapshot). So of concurrent sibling completions, on any number of
+# replicas, exactly one sees the stage done and starts the next; tasks_stage_item backs it up.
+# Every path takes the pipeline's row before any of its stage tasks' rows: no lock cycle.
+_PIPELINE_OF = f"""
+SELECT {TASK_COLUMNS}, {PIPELINE_COLUMNS} FROM tasks
+WHERE id = COALESCE((SELECT parent_id FROM tasks WHERE id = :id), :id) AND pipeline_def IS NOT NULL
+"""
+PARENT_OF = "SELECT parent_id FROM tasks WHERE id = :id"
+SELECT_PIPELINE = f"SELECT {TASK_COLUMNS}, {PIPELINE_COLUMNS} FROM tasks WHERE id = :id AND pipeline_def IS NOT NULL"
+LOCK_PIPELINE_SQLITE = _PIPELINE_OF  # BEGIN IMMEDIATE already holds the only write lock
+LOCK_PIPELINE_POSTGRES = f"{_PIPELINE_OF} FOR UPDATE"
+
+# A pipeline task never waits in the queue: it is PROCESSING from its create (its first stage
+# tasks go in with it), holds no lease and so is never claimed, leased or expired.
+INSERT_PIPELINE_TASK = f"""
+INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
+                   metadata, idempotency_key, request_hash, notify_done, not_before,
+                   created_at, updated_at, started_at, pipeline_def, stages_started)
+VALUES (:id, :workflow, 'PROCESSING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
+        :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now, :now,
+        :pipeline_def, '[]')
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING {TASK_COLUMNS}, {PIPELINE_COLUMNS}
+"""
+
+# A stage's tasks: ordinary PENDING tasks that name their pipeline, stage and item.
+INSERT_STAGE_TASK_SQLITE = f"""
+INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, metadata,
+                   not_before, created_at, updated_at, parent_id, stage, item_index)
+VALUES (:id, :workflow, 'PENDING', :input, :priority, :max_attempts, :timeout_s, :metadata,
+        :now, :now, :now, :parent_id, :stage, :item_index)
+RETURNING {TASK_COLUMNS}
+"""
+INSERT_STAGE_TASKS_COLUMNS = (
+    "id", "workflow", "input", "priority", "max_attempts", "timeout_s", "metadata", "parent_id", "stage", "item_index",
+)
+INSERT_STAGE_TASKS_POSTGRES = f"""
+INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, metadata,
+                   not_before, created_at, updated_at, parent_id, stage, item_index)
+SELECT r.id, r.workflow, 'PENDING', r.input, r.priority, r.max_attempts, r.timeout_s, r.metadata,
+       :now, :now, :now, r.parent_id, r.stage, r.item_index
+FROM unnest(:id_list, :workflow_list, :input_list, :priority_list, :max_attempts_list,
+            :timeout_s_list, :metadata_list, :parent_id_list, :stage_list, :item_index_list) WITH ORDINALITY
+     AS r(id, workflow, input, priority, max_attempts, timeout_s, metadata, parent_id, stage, item_index, ord)
+ORDER BY r.ord
+RETURNING {TASK_COLUMNS}
+"""
+
+# How far each started stage is: counts by status.
+STAGE_COUNTS = "SELECT stage, status, count(*) AS n FROM tasks WHERE parent_id = :id GROUP BY stage, status"
+# The outputs later stages and the pipeline's output read, in item order.
+STAGE_OUTPUTS = """
+SELECT stage, item_index, output FROM tasks WHERE parent_id = :id AND status = 'COMPLETED'
+ORDER BY stage, item_index
+"""
+# The stage task that ended the pipeline: a failure before a cancel, the first to end first.
+FIRST_ENDED_STAGE_TASK = """
+SELECT id, stage, status, error FROM tasks WHERE parent_id = :id AND status IN ('FAILED', 'CANCELLED')
+ORDER BY CASE status WHEN 'FAILED' THEN 0 ELSE 1 END, finished_at, seq LIMIT 1
+"""
+# The stages view of GET /api/tasks/{id}.
+STAGE_TASKS = """
+SELECT id, stage, item_index, status FROM tasks WHERE parent_id = :id ORDER BY stage, item_index, seq
+"""
+
+UPDATE_PIPELINE = """
+UPDATE tasks SET stages_started = :stages_started, progress = :progress, updated_at = :now WHERE id = :id
+"""
+END_PIPELINE = f"""
+UPDATE tasks SET status = :status, output = :output, error = :error, progress = :progress,
+    stages_started = :stages_started, finished_at = :now, updated_at = :now
+WHERE id = :id AND status = 'PROCESSING'
+RETURNING {TASK_COLUMNS}
+"""
+# Cancel a pipeline's unfinished stage tasks, as CANCEL does one task: a running one stops at
+# its next heartbeat (and its end, with the pipeline already over, changes nothing).
+CANCEL_STAGE_TASKS = f"""
+UPDATE tasks SET {CANCEL_COLUMNS} WHERE parent_id = :id AND status IN ('PENDING', 'PROCESSING')
+RETURNING id, workflow, status
+"""
+
+# Retry: the pipeline runs again; of its stage tasks only those that did not complete (same
+# ids, attempts reset, as RETRY), and a stage task still running since a cancel keeps running.
+RETRY_PIPELINE = f"""
+UPDATE tasks SET status = 'PROCESSING', output = NULL, error = NULL, cancel_requested = 0,
+    finished_at = NULL, updated_at = :now
+WHERE id = :id AND status IN ('FAILED', 'CANCELLED') AND pipeline_def IS NOT NULL
+RETURNING {TASK_COLUMNS}, {PIPELINE_COLUMNS}
+"""
+RETRY_STAGE_TASKS = """
+UPDATE tasks SET status = 'PENDING', attempts = 0, output = NULL, error = NULL,
+    progress = '{"percent": 0, "message": ""}', cancel_requested = 0, not_before = :now,
+    started_at = NULL, finished_at = NULL, updated_at = :now
+WHERE parent_id = :id AND status IN ('FAILED', 'CANCELLED')
+RETURNING id, workflow
+"""
+KEEP_STAGE_TASKS_RUNNING = "UPDATE tasks SET cancel_requested = 0 WHERE parent_id = :id AND status = 'PROCESSING'"
 
 # -- housekeeping -----------------------------------------------------------------------------
 # Retention only ever touches finished tasks; history and deliveries go with them (CASCADE).

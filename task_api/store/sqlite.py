@@ -118,7 +118,11 @@ class SqliteStore(Store):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator["SqliteStore"]:
         # Nothing in here may await something that suspends: the transaction is only atomic
-        # because no other coroutine runs until COMMIT.
+        # because no other coroutine runs until COMMIT. Inside one already open (a state change
+        # run in a pipeline's transaction) the statements simply join it.
+        if self._conn.in_transaction:
+            yield self
+            return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self
@@ -178,14 +182,14 @@ class SqliteStore(Store):
             return None
         await self.execute(sql.END_ATTEMPT_SQLITE, params)
         if row["webhook_url"] is not None and row["status"] in TERMINAL:
-            await self.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
+            await self.execute(sql.ENQUEUE_WEBHOOK, params)
         return row
 
     async def cancel(self, params: dict[str, Any]) -> Row | None:
         async with self.transaction() as tx:
             row = await tx.fetchrow(sql.CANCEL_SQLITE, params)
             if row is not None and row["status"] == "CANCELLED":
-                await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
+                await tx.execute(sql.ENQUEUE_WEBHOOK, params)
         return row
 
     async def release(self, params: dict[str, Any]) -> Row | None:
@@ -193,7 +197,7 @@ class SqliteStore(Store):
             row = await tx.fetchrow(sql.RELEASE_SQLITE, params)
             if row is not None:
                 await tx.execute(sql.END_ATTEMPT_SQLITE, params)
-                await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
+                await tx.execute(sql.ENQUEUE_WEBHOOK, params)
         return row
 
     async def expire(self, now: float) -> list[Row]:
@@ -206,9 +210,23 @@ class SqliteStore(Store):
                     continue
                 params.update(outcome=due["outcome"], error=row["error"])
                 await tx.execute(sql.END_ATTEMPT_SQLITE, params)
-                await tx.execute(sql.ENQUEUE_WEBHOOK_SQLITE, params)
+                await tx.execute(sql.ENQUEUE_WEBHOOK, params)
                 moved.append(row)
         return moved
+
+    @contextlib.asynccontextmanager
+    async def pipeline_transaction(self, task_id: str) -> AsyncIterator[tuple["SqliteStore", Row | None]]:
+        async with self.transaction() as tx:
+            yield tx, await tx.fetchrow(sql.LOCK_PIPELINE_SQLITE, {"id": task_id})
+
+    async def insert_stage_tasks(self, params: list[dict[str, Any]]) -> list[Row]:
+        return [await self.fetchrow(sql.INSERT_STAGE_TASK_SQLITE, p) for p in params]
+
+    async def expire_one(self, params: dict[str, Any]) -> Row | None:
+        row = await self.fetchrow(sql.EXPIRE_ONE_SQLITE, params)
+        if row is not None:
+            await self.execute(sql.END_ATTEMPT_SQLITE, {**params, "error": row["error"]})
+        return row
 
     async def claim_webhooks(self, params: dict[str, Any]) -> list[Row]:
         return await self.fetch(sql.CLAIM_WEBHOOKS_SQLITE, params)

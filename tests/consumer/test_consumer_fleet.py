@@ -84,6 +84,29 @@ async def test_plugin_workflow_end_to_end(stack, fake_servers):
     assert server.stats()["completed"] == 1
 
 
+async def test_the_built_in_pipeline_answers_process_through_real_consumers(stack):
+    stack.consumer()
+    stack.consumer()
+    async with ProducerClient(stack.url) as client:
+        answer = await client.process("echo-fanout", {"words": ["a", "b", "c"]}, wait_s=30)
+    assert answer.status_code == 200, stack.logs()
+    assert answer.json() == {"words": [{"data": "a"}, {"data": "b"}, {"data": "c"}]}
+
+
+async def test_a_plugin_pipeline_runs_its_stages_on_real_consumers(stack, fake_servers):
+    """plugin_pair comes from the plugin package's taskfleet.pipelines entry point; its stages
+    run as ordinary tasks on the consumers that serve their workflows (fake_model, then echo)."""
+    server = fake_servers()
+    stack.consumer(**fake_env(server, TASKFLEET_WORKFLOWS="fake_model,echo"))
+    async with ProducerClient(stack.url) as client:
+        task = await client.submit("plugin_pair", {"text": "hi", "tag": "t1"})
+        done = await client.wait(task["task_id"], timeout=30)
+    assert done["status"] == "COMPLETED", stack.logs()
+    assert done["output"]["tag"] == "t1" and done["output"]["model"]["text"] == "hi"
+    assert [(s["name"], s["status"]) for s in done["stages"]] == [("model", "COMPLETED"), ("tag", "COMPLETED")]
+    assert server.stats()["completed"] == 1
+
+
 async def test_retried_attempt_overwrites_its_output(stack, fake_servers):
     server = fake_servers()
     stack.consumer(**fake_env(server))

@@ -4,6 +4,7 @@ stores the server's answer as an output. Lives outside the taskfleet repository'
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,8 @@ class FakeModelInput(BaseModel):
     store: bool = True  # False: return the server's answer without writing an output (benchmarks)
     fail_attempts: int = 0  # fail (retryably) this many first attempts, after storing the output
 
+
+PIPELINES = Path(__file__).parent / "pipelines"  # the taskfleet.pipelines entry point: a folder of YAML
 
 FAKE_MODEL = Workflow(name="fake_model", input_model=FakeModelInput, model_server="fake", timeout_s=300)
 
