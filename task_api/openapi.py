@@ -64,15 +64,15 @@ def openapi_document(app: FastAPI, workflows: WorkflowRegistry) -> dict[str, Any
     _apply_security(doc)
 
     flows = sorted(workflows.all(), key=lambda wf: wf.name)
-    names = _add_workflow_models(schemas, flows)
+    names = _add_input_schemas(schemas, flows)
     creates, aliases = {}, {}
     for wf in flows:
         stem = _camel(wf.name)
         creates[wf.name] = _add(
-            schemas, f"{stem}CreateTask", _create_body(schemas["CreateTask"], wf, names[wf.input_model])
+            schemas, f"{stem}CreateTask", _create_body(schemas, schemas["CreateTask"], wf, names[wf.name])
         )
         aliases[wf.name] = _add(
-            schemas, f"{stem}AliasBody", _alias_body(schemas, schemas["CreateTask"], names[wf.input_model])
+            schemas, f"{stem}AliasBody", _alias_body(schemas, schemas["CreateTask"], names[wf.name])
         )
     create_any = {
         "oneOf": [{"$ref": REF + n} for n in creates.values()],
@@ -80,7 +80,7 @@ def openapi_document(app: FastAPI, workflows: WorkflowRegistry) -> dict[str, Any
     }
     schemas["CreateTasks"]["properties"]["tasks"]["items"] = copy.deepcopy(create_any)
 
-    examples = {wf.name: ex for wf in flows if (ex := _example(wf.input_model)) is not None}
+    examples = {wf.name: ex for wf in flows if (ex := _example(schemas[names[wf.name]])) is not None}
     by_alias = {wf.alias: wf for wf in flows}
     paths = doc["paths"]
     _set_body(paths["/api/tasks"]["post"], create_any, _create_examples(examples))
@@ -108,7 +108,7 @@ def openapi_document(app: FastAPI, workflows: WorkflowRegistry) -> dict[str, Any
     }
     _set_body(
         paths["/api/{route}/process"]["post"],
-        {"anyOf": [{"$ref": REF + names[wf.input_model]} for wf in flows]},
+        {"anyOf": [{"$ref": REF + names[wf.name]} for wf in flows]},
         process_examples,
     )
     for path in ("/api/{route}/create-task", "/api/{route}/process"):
@@ -135,6 +135,19 @@ def _apply_security(doc: dict[str, Any]) -> None:
                 operation["security"] = [{}, {BEARER: []}]  # a token only when TASKFLEET_METRICS_TOKEN is set
             else:
                 operation["security"] = []
+
+
+def _add_input_schemas(schemas: dict[str, Any], flows: list[Any]) -> dict[str, str]:
+    """The component name of each workflow's input schema, by workflow name. A pipeline's input
+    is the JSON Schema of its definition (any object when it declares none)."""
+    models = [wf for wf in flows if isinstance(wf, Workflow)]
+    by_model = _add_workflow_models(schemas, models)
+    names = {wf.name: by_model[wf.input_model] for wf in models}
+    for pipeline in flows:
+        if not isinstance(pipeline, Workflow):
+            schema = {"title": f"{pipeline.name} pipeline input", **(pipeline.input_schema or {"type": "object"})}
+            names[pipeline.name] = _add(schemas, f"{_camel(pipeline.name)}PipelineInput", schema)
+    return names
 
 
 def _add_workflow_models(schemas: dict[str, Any], flows: list[Workflow]) -> dict[type[BaseModel], str]:
@@ -174,13 +187,13 @@ def _add(schemas: dict[str, Any], name: str, schema: dict[str, Any]) -> str:
     return name
 
 
-def _create_body(create: dict[str, Any], wf: Workflow, input_name: str) -> dict[str, Any]:
+def _create_body(schemas: dict[str, Any], create: dict[str, Any], wf: Any, input_name: str) -> dict[str, Any]:
     """The /api/tasks body for one workflow: ``workflow`` fixed, ``input`` that workflow's."""
     body = copy.deepcopy(create)
     body["title"] = f"CreateTask ({wf.name})"
     body["properties"]["workflow"] = {"type": "string", "const": wf.name, "title": "Workflow"}
     body["properties"]["input"] = {"$ref": REF + input_name}
-    if wf.input_model.model_json_schema().get("required"):
+    if schemas[input_name].get("required"):
         body["required"] = sorted({*body.get("required", []), "input"})
     return body
 
@@ -197,8 +210,8 @@ def _alias_body(schemas: dict[str, Any], create: dict[str, Any], input_name: str
     return body
 
 
-def _example(model: type[BaseModel]) -> dict[str, Any] | None:
-    found = model.model_json_schema().get("examples")
+def _example(schema: dict[str, Any]) -> dict[str, Any] | None:
+    found = schema.get("examples")
     return found[0] if found else None
 
 

@@ -66,7 +66,7 @@ def header_idempotency_key(request: Request) -> str | None:
 def alias_create_body(workflow: Workflow, fields: dict[str, Any], request: Request) -> CreateTask:
     """An alias body as the /api/tasks body it stands for: task options out of the top level,
     the rest the workflow's input. The body's key wins over the header's, as on /api/tasks."""
-    own = workflow.input_model.model_fields
+    own = workflow.input_fields
     options = {name: fields[name] for name in ALIAS_OPTIONS if name in fields and name not in own}
     data = {"workflow": workflow.name, "input": {k: v for k, v in fields.items() if k not in options}, **options}
     if not options.get("idempotency_key") and (header_key := header_idempotency_key(request)):

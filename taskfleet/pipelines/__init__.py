@@ -68,6 +68,11 @@ class Pipeline:
     def alias(self) -> str:
         return self.route or self.name
 
+    @property
+    def input_fields(self) -> frozenset[str]:
+        # The top-level names the input schema declares: an alias body's task options give way to them.
+        return frozenset((self.input_schema or {}).get("properties", {}))
+
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
 

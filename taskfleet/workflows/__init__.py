@@ -32,6 +32,10 @@ class Workflow:
     def alias(self) -> str:
         return self.route or self.name
 
+    @property
+    def input_fields(self) -> frozenset[str]:
+        return frozenset(self.input_model.model_fields)
+
     def validate_input(self, data: Any) -> dict[str, Any]:
         """Input as the processor will see it: validated, defaults filled, JSON-ready."""
         try:

@@ -10,6 +10,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from support import api_process
+from taskfleet import pipelines
 from taskfleet.workflows import WorkflowRegistry
 
 REF = "#/components/schemas/"
@@ -33,6 +34,12 @@ def doc(api):
 @pytest.fixture(scope="module")
 def registry():
     return WorkflowRegistry.from_entry_points()
+
+
+@pytest.fixture(scope="module")
+def served(registry):
+    """What producers can create: the workflows and the built-in pipelines, as the API registers them."""
+    return WorkflowRegistry({**{wf.name: wf for wf in registry.all()}, **pipelines.load(registry.names(), None)})
 
 
 def resolve(doc: dict, ref: str) -> dict:
@@ -70,7 +77,8 @@ def test_every_workflow_input_and_output_schema_is_published(doc, registry):
     create = body_of(doc, "/api/tasks")["schema"]
     mapping = create["discriminator"]["mapping"]
     assert create["discriminator"]["propertyName"] == "workflow"
-    assert set(mapping) == set(registry.names()) and len(registry.names()) >= 4
+    built_in = pipelines.load(registry.names(), None)
+    assert set(mapping) == set(registry.names()) | set(built_in) and len(registry.names()) >= 4 and built_in
     assert sorted(r["$ref"] for r in create["oneOf"]) == sorted(mapping.values())
     batch = resolve(doc, body_of(doc, "/api/tasks/batch")["schema"]["$ref"])
     assert batch["properties"]["tasks"]["items"] == create
@@ -92,22 +100,28 @@ def test_every_workflow_input_and_output_schema_is_published(doc, registry):
         if wf.output_model is not None:
             outputs = [s for s in doc["components"]["schemas"].values() if s.get("title") == wf.output_model.__name__]
             assert outputs and set(outputs[0]["properties"]) == set(wf.output_model.model_fields), wf.name
+    # A pipeline's input is the JSON Schema of its definition, published as it is written.
+    for pipeline in built_in.values():
+        input_ref = resolve(doc, mapping[pipeline.name])["properties"]["input"]["$ref"]
+        published = {k: v for k, v in resolve(doc, input_ref).items() if k != "title"}
+        assert published == pipeline.input_schema, pipeline.name
+        assert input_ref in process_inputs, pipeline.name
     for path in ("/api/{route}/create-task", "/api/{route}/process"):
         [route] = [p for p in doc["paths"][path]["post"]["parameters"] if p["name"] == "route"]
-        assert route["schema"]["enum"] == sorted(wf.alias for wf in registry.all())
+        assert route["schema"]["enum"] == sorted([*(wf.alias for wf in registry.all()), *(p.alias for p in pipelines.load(registry.names(), None).values())])
     for path in ("/api/tasks", "/api/{route}/create-task"):
         assert "idempotency-key" in [p["name"] for p in doc["paths"][path]["post"]["parameters"] if p["in"] == "header"]
 
 
-def test_examples_match_their_schemas_and_the_api_accepts_them(api, doc, registry):
+def test_examples_match_their_schemas_and_the_api_accepts_them(api, doc, served):
     http = httpx.Client(base_url=api.url, headers={"authorization": f"Bearer {TOKEN}"}, trust_env=False)
     create = body_of(doc, "/api/tasks")
-    assert set(create["examples"]) >= set(registry.names()) | {"with_options"}
+    assert set(create["examples"]) >= set(served.names()) | {"with_options"}
     for name, example in create["examples"].items():
         validator(doc, create["schema"]).validate(example["value"])
         reply = http.post("/api/tasks", json=example["value"])
         assert reply.status_code == 201, (name, reply.text)
-        assert reply.json()["input"] == registry.get(example["value"]["workflow"]).validate_input(
+        assert reply.json()["input"] == served.get(example["value"]["workflow"]).validate_input(
             example["value"]["input"]
         )
     batch = body_of(doc, "/api/tasks/batch")
@@ -116,7 +130,7 @@ def test_examples_match_their_schemas_and_the_api_accepts_them(api, doc, registr
         assert http.post("/api/tasks/batch", json=example["value"]).status_code == 201
     for path in ("/api/{route}/create-task", "/api/{route}/process"):
         body = body_of(doc, path)
-        assert set(body["examples"]) == {wf.alias for wf in registry.all()}
+        assert set(body["examples"]) == {wf.alias for wf in served.all()}
         for alias, example in body["examples"].items():
             validator(doc, body["schema"]).validate(example["value"])
             reply = http.post(path.replace("{route}", alias), params={"wait_s": 0}, json=example["value"])
