@@ -77,7 +77,8 @@ class Pipeline:
         return next(s for s in self.stages if s.name == name)
 
     def validate_input(self, data: Any) -> Any:
-        """The input unchanged, once it matches the pipeline's JSON Schema (422 otherwise)."""
+        """The input once it matches the pipeline's JSON Schema (422 otherwise), with the schema's
+        top-level ``default``s filled in for absent keys, so templates can name optional inputs."""
         if self.input_schema is None:
             return data
         errors = sorted(_validator(json.dumps(self.input_schema, sort_keys=True)).iter_errors(data), key=lambda e: list(e.path))
@@ -86,6 +87,11 @@ class Pipeline:
                 f"input does not match pipeline {self.name!r}: {errors[0].message}",
                 details=[{"loc": ["input", *e.path], "msg": e.message, "type": str(e.validator)} for e in errors],
             )
+        properties = self.input_schema.get("properties")
+        if isinstance(data, dict) and isinstance(properties, dict):
+            defaults = {k: p["default"] for k, p in properties.items() if isinstance(p, dict) and "default" in p and k not in data}
+            if defaults:
+                return {**data, **json.loads(json.dumps(defaults))}  # a copy: the schema's own values stay untouched
         return data
 
     def to_json(self) -> dict[str, Any]:

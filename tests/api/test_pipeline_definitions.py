@@ -9,7 +9,8 @@ from taskfleet.errors import InvalidInput
 from taskfleet.pipelines import DefinitionError, PipelineLoadError, parse
 from taskfleet.pipelines.templates import TemplateError, TemplateSyntaxError, paths_in, render
 
-WORKFLOWS = {"echo", "tts"}
+# Every workflow the built-in pipelines use (text_to_video needs the last three).
+WORKFLOWS = {"echo", "tts", "image_gen", "video_segments", "video_compose"}
 
 
 def stages(*items: dict) -> dict:

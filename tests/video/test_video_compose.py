@@ -1,0 +1,169 @@
+"""The video_compose processor with the real ffmpeg on tiny media: length, frames, sources, logo,
+subtitles, music, and bad files refused without a retry."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlsplit
+
+import pytest
+
+from consumer.context import TaskContext
+from consumer.processors.video_compose import build_command, frames_between, process
+from taskfleet.errors import TaskfleetError
+from video_media import audio_rms, clip, close_to, frame_at, probe, silence, still, stream, tone
+
+pytestmark = pytest.mark.timeout(120)
+
+W, H, FPS = 128, 72, 10
+RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 128, 0), (255, 255, 255)
+
+
+class CopyFetcher:
+    """Inputs are local files here; the consumer's real fetcher runs in the end-to-end test."""
+
+    async def fetch(self, url: str, dest: Path, *, storage) -> int:
+        shutil.copyfile(urlsplit(url).path, dest)
+        return dest.stat().st_size
+
+
+class DirStorage:
+    provider = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def output_key(self, workflow: str, task_id: str, name: str) -> str:
+        return f"{workflow}/{task_id}/{name}"
+
+    async def put_file(self, key: str, path: Path, content_type: str | None = None):
+        dest = self.root / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+        return SimpleNamespace(key=key, url=dest.as_uri(), storage_url=dest.as_uri(), content_type=content_type)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("media")
+    srt = d / "speech.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:01,500\nFirst words here\n\n2\n00:00:01,500 --> 00:00:03,200\nSecond words here\n")
+    bad = d / "logo.png"
+    bad.write_bytes(b"this is not an image")
+    return {
+        "red": still(d / "red.png", "red"), "blue": still(d / "blue.png", "blue"),
+        "green": clip(d / "green.mp4", "green"), "logo": still(d / "white.png", "white", "32x32"),
+        "speech": silence(d / "speech.wav", 3.2), "music": tone(d / "music.wav", 1.0, 1000),
+        "srt": srt, "not_media": bad,
+    }  # fmt: skip
+
+
+def image_output(path: Path) -> dict:
+    return {"images": [{"url": path.as_uri()}]}
+
+
+def compose_input(media: dict[str, Path], **settings) -> dict:
+    """Three segments over 3.2 s of speech: red still, green stock clip, blue still."""
+    return {
+        "segments": [
+            {"index": 0, "start_s": 0.0, "end_s": 1.0, "text": "First", "source": "generated"},
+            {"index": 1, "start_s": 1.0, "end_s": 2.2, "text": "words", "source": "stock", "url": media["green"].as_uri()},
+            {"index": 2, "start_s": 2.2, "end_s": 3.2, "text": "here", "source": "generated"},
+        ],
+        "images": [image_output(media["red"]), image_output(media["blue"])],
+        "audio_url": media["speech"].as_uri(),
+        "srt_url": media["srt"].as_uri(),
+        "duration_s": 3.2,
+        "settings": {"width": W, "height": H, "fps": FPS, "subtitles": "none", **settings},
+    }
+
+
+async def compose(tmp_path: Path, data: dict) -> tuple[dict, Path]:
+    ctx = TaskContext(
+        task_id="tsk_compose", workflow="video_compose", input=data, attempt=1, workdir=tmp_path / "work",
+        storage=DirStorage(tmp_path / "store"), timeout_s=60, _fetcher=CopyFetcher(),
+    )  # fmt: skip
+    out = await process(ctx)
+    return out, Path(urlsplit(out["video_url"]).path)
+
+
+def test_frames_add_up_to_the_speech_whatever_the_rounding():
+    assert frames_between([(0, 1.04), (1.04, 2.06), (2.06, 3.2)], 3.2, 10) == [10, 11, 11]
+    assert sum(frames_between([(0, 0.01), (0.01, 0.02), (0.02, 5.0)], 5.0, 25)) == 125
+    # A segment shorter than a frame still gets one; the total stays the speech's.
+    assert frames_between([(0, 0.01), (0.01, 0.02), (0.02, 5.0)], 5.0, 25)[:2] == [1, 1]
+
+
+async def test_the_video_has_the_size_fps_frames_audio_and_length_of_the_speech(tmp_path, media):
+    out, video = await compose(tmp_path, compose_input(media, motion="kenburns"))
+    info = probe(video)
+    v, a = stream(info, "video"), stream(info, "audio")
+    assert (v["width"], v["height"], v["r_frame_rate"]) == (W, H, f"{FPS}/1")
+    assert int(v["nb_read_frames"]) == 32 == out["frames"]
+    assert a is not None and a["codec_name"] == "aac"
+    assert abs(float(info["format"]["duration"]) - 3.2) <= 0.2
+    assert out["duration_s"] == 3.2 and [s["source"] for s in out["segments"]] == ["generated", "stock", "generated"]
+    assert out["segments"][0]["url"] == media["red"].as_uri() and out["segments"][2]["url"] == media["blue"].as_uri()
+    # Each segment shows its own source at its time: the still, the stock clip (looped past its
+    # 1 s and cropped, not stretched, from 80x40), the other still.
+    assert close_to(frame_at(video, 0.5, W, H)[H // 2, W // 2], RED)
+    assert close_to(frame_at(video, 1.6, W, H)[H // 2, W // 2], GREEN)
+    assert close_to(frame_at(video, 2.1, W, H)[H // 2, W // 2], GREEN)
+    assert close_to(frame_at(video, 2.8, W, H)[H // 2, W // 2], BLUE)
+    assert stream(info, "subtitle") is None
+
+
+async def test_the_logo_sits_in_the_corner_asked_for(tmp_path, media):
+    _, video = await compose(tmp_path, compose_input(media, logo_url=media["logo"].as_uri(), logo_position="bottom-left", motion="none"))
+    frame = frame_at(video, 0.5, W, H)
+    # Scaled to 15% of the frame's width (20 px) with a 2 px margin.
+    assert close_to(frame[H - 12, 12], WHITE)
+    assert close_to(frame[10, W - 12], RED) and close_to(frame[H - 12, W - 12], RED) and close_to(frame[10, 12], RED)
+
+
+async def test_burned_subtitles_change_the_picture_and_soft_ones_are_a_track(tmp_path, media):
+    _, plain = await compose(tmp_path / "plain", compose_input(media, motion="none"))
+    _, burned = await compose(tmp_path / "burn", compose_input(media, motion="none", subtitles="burn"))
+    _, soft = await compose(tmp_path / "soft", compose_input(media, motion="none", subtitles="soft"))
+    bottom = slice(H // 2, H)
+    assert (frame_at(plain, 0.5, W, H)[bottom] != frame_at(burned, 0.5, W, H)[bottom]).any()
+    assert (frame_at(plain, 0.5, W, H) == frame_at(soft, 0.5, W, H)).all()
+    track = stream(probe(soft), "subtitle")
+    assert track is not None and track["codec_name"] == "mov_text"
+    assert stream(probe(burned), "subtitle") is None
+
+
+async def test_music_plays_under_the_speech_only_when_asked(tmp_path, media):
+    _, quiet = await compose(tmp_path / "quiet", compose_input(media, motion="none"))
+    _, music = await compose(tmp_path / "music", compose_input(media, motion="none", music_url=media["music"].as_uri(), music_volume=0.5))
+    info = probe(music)
+    assert audio_rms(quiet) < 1 and audio_rms(music) > 1000
+    # The 1 s track loops to the speech's length, and the video stays the speech's length.
+    assert abs(float(info["format"]["duration"]) - 3.2) <= 0.2
+
+
+@pytest.mark.parametrize("option, code", [("logo_url", "invalid_logo"), ("music_url", "invalid_music")])
+async def test_a_file_that_is_not_media_fails_without_a_retry(tmp_path, media, option, code):
+    with pytest.raises(TaskfleetError) as err:
+        await compose(tmp_path, compose_input(media, **{option: media["not_media"].as_uri()}))
+    assert err.value.code == code and err.value.retryable is False
+
+
+async def test_an_unreadable_stock_clip_fails_without_a_retry(tmp_path, media):
+    data = compose_input(media)
+    data["segments"][1]["url"] = media["not_media"].as_uri()
+    with pytest.raises(TaskfleetError) as err:
+        await compose(tmp_path, data)
+    assert err.value.code == "invalid_stock_clip" and err.value.retryable is False
+
+
+def test_one_ffmpeg_streams_every_input_to_one_file(tmp_path, media):
+    from consumer.processors.video_compose import Media
+    from taskfleet.workflows.video import ComposeSettings
+
+    m = Media(speech=media["speech"], segments=[media["red"], media["green"]], stock=[False, True])
+    command = build_command("ffmpeg", m, [10, 22], ComposeSettings(width=W, height=H, fps=FPS), 3.2, tmp_path / "v.mp4")
+    # No frames piped through Python: inputs are files, the output is a file, stdout carries progress.
+    assert command.count("-i") == 3 and command[-1] == str(tmp_path / "v.mp4") and "pipe:1" in command
