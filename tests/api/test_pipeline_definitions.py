@@ -95,6 +95,17 @@ def test_input_is_checked_against_the_json_schema():
     assert caught.value.details[0]["loc"] == ["input", "words"]
 
 
+def test_the_schemas_top_level_defaults_fill_absent_keys_so_templates_can_name_them():
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "default": 3}, "tags": {"default": []}, "x": {}}}
+    p = parse({"name": "p", "input": schema, "stages": [{"name": "a", "workflow": "echo", "input": {"data": "{{ input.n }}"}}]},
+              WORKFLOWS)  # fmt: skip
+    assert p.validate_input({"n": 5}) == {"n": 5, "tags": []}
+    filled = p.validate_input({})
+    assert filled == {"n": 3, "tags": []} and "x" not in filled
+    filled["tags"].append("mine")  # the defaults are copies: one task's input never changes another's
+    assert p.validate_input({})["tags"] == []
+
+
 def test_the_built_in_pipeline_loads_and_a_folder_adds_its_own(tmp_path):
     assert "echo_fanout" in pipelines.load(WORKFLOWS)
     (tmp_path / "mine.yaml").write_text("name: mine\nroute: my-route\nstages:\n  - {name: a, workflow: echo}\n")
