@@ -3,8 +3,8 @@
 The task API on SQLite, CPU model servers (face swap with the offline ``lite`` engine, TTS
 with espeak-ng, Flux when ``TASKFLEET_FLUX_MODEL`` names a model folder), consumers, and
 local storage served by the API. With ``--demo`` it then pushes real work through: an echo
-task, a face swap of two real photos, and speech with subtitles, and prints where the
-results are.
+task, a face swap of two real photos, speech with subtitles and a short text_to_video (on a
+tiny random Flux model when no real one is named), and prints where the results are.
 """
 
 from __future__ import annotations
@@ -76,10 +76,16 @@ def plan(args: argparse.Namespace) -> list[Service]:
             ["--host", "127.0.0.1", "--port", str(args.port + 101)],
         ))
         workflows.append("face_swap")
-    if os.environ.get("TASKFLEET_FLUX_MODEL") and _has("torch", "diffusers"):
+    flux_model = os.environ.get("TASKFLEET_FLUX_MODEL", "")
+    if not flux_model and args.demo and _has("torch", "diffusers"):
+        # No real model named: the demo's text_to_video runs on the tiny random model the tests
+        # build (offline, seconds); its images are noise, and the demo says so.
+        flux_model = str(tiny_flux_model(data / "models" / "tiny-flux"))
+        args.tiny_flux = True
+    if flux_model and _has("torch", "diffusers"):
         servers["flux"] = "TASKFLEET_FLUX_URLS"
         services.append(Service(
-            "flux", "flux", "model_servers.flux", args.port + 102, dict(common),
+            "flux", "flux", "model_servers.flux", args.port + 102, {**common, "TASKFLEET_FLUX_MODEL": flux_model},
             ["--host", "127.0.0.1", "--port", str(args.port + 102)],
         ))
         workflows.append("image_gen")
@@ -91,6 +97,8 @@ def plan(args: argparse.Namespace) -> list[Service]:
             ["--host", "127.0.0.1", "--port", str(args.port + 103)],
         ))
         workflows.append("tts")
+    if {"tts", "image_gen"} <= set(workflows) and shutil.which("ffmpeg"):
+        workflows += ["video_segments", "video_compose"]  # the text_to_video pipeline's own steps
     consumer_env = dict(common)
     for svc in services:
         if svc.name in servers:
@@ -100,6 +108,14 @@ def plan(args: argparse.Namespace) -> list[Service]:
     for i in range(args.consumers):
         services.append(Service(f"consumer-{i + 1}", "consumer", "consumer", None, dict(consumer_env)))
     return services
+
+
+def tiny_flux_model(folder: Path) -> Path:
+    if not (folder / "model_index.json").exists():
+        from model_servers.flux.tiny import build_tiny_flux
+
+        build_tiny_flux(folder)
+    return folder
 
 
 def start(service: Service) -> None:
@@ -145,7 +161,7 @@ def stop(services: list[Service], grace_s: float = 20.0) -> None:
             svc.process.wait()
 
 
-async def demo(api_url: str, workflows: set[str], out_dir: Path) -> bool:
+async def demo(api_url: str, workflows: set[str], out_dir: Path, tiny_flux: bool = False) -> bool:
     from taskfleet.client import ProducerClient
     from taskfleet.states import TaskStatus
 
@@ -165,11 +181,18 @@ async def demo(api_url: str, workflows: set[str], out_dir: Path) -> bool:
             jobs["tts"] = await client.submit(
                 "tts", {"text": "Taskfleet is running. This speech came from the local stack, "
                                 "through the task API, a consumer and the text to speech server."})
+        if {"tts", "image_gen", "video_segments", "video_compose"} <= workflows:
+            jobs["text_to_video"] = await client.submit(
+                "text_to_video", {"script": "Taskfleet turns a script into a video. Each sentence gets its own picture.",
+                                  "size": "320x180", "fps": 12, "image": {"steps": 2}, "seed": 7})
         for name, task in jobs.items():
             done = await client.wait(task["task_id"], timeout=300)
             ok &= done["status"] == TaskStatus.COMPLETED
             print(f"\n== {name}: {done['status']} ({done['task_id']})")
             print(json.dumps(done["output"] if done["status"] == TaskStatus.COMPLETED else done["error"], indent=2))
+            if name == "text_to_video" and done["status"] == TaskStatus.COMPLETED:
+                model = "a tiny random Flux model (noise, for an offline demo)" if tiny_flux else "TASKFLEET_FLUX_MODEL"
+                print(f"video: {done['output']['video_url']}\n  (images from {model})")
     return ok
 
 
@@ -199,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exit-after-demo", action="store_true", help="stop the stack when the demo is done")
     parser.add_argument("--start-timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
+    args.tiny_flux = False  # plan() sets it when the demo builds its own tiny model
 
     services = plan(args)
     # Every process would refuse a bad setting on its own; checked here first, it is one line
@@ -223,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         workflows = set(next(s for s in services if s.name.startswith("consumer")).env["TASKFLEET_WORKFLOWS"].split(","))
         print(f"\ntask API: http://127.0.0.1:{args.port}  (docs at /docs) · workflows: {', '.join(sorted(workflows))}")
         if args.demo:
-            ok = asyncio.run(demo(f"http://127.0.0.1:{args.port}", workflows, Path(args.data_dir) / "demo"))
+            ok = asyncio.run(demo(f"http://127.0.0.1:{args.port}", workflows, Path(args.data_dir) / "demo", args.tiny_flux))
         if args.exit_after_demo:
             return
         print("\nstack is up; Ctrl-C stops it")

@@ -42,12 +42,15 @@ def test_unknown_command_and_missing_kind_are_usage_errors():
 @pytest.mark.timeout(400)
 def test_up_runs_the_demo_through_the_local_stack(tmp_path):
     # The README's main command, minus the set-up: the stack comes up, real work goes through
-    # (echo, a face swap of two real photos, speech), and it stops cleanly.
+    # (echo, a face swap of two real photos, speech, a text_to_video on the tiny random Flux
+    # model the demo builds), and it stops cleanly.
     port = free_port()
     result = taskfleet("up", "--demo", "--exit-after-demo", "--port", str(port), "--data-dir", str(tmp_path),
                        timeout=380)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for workflow in ("echo", "face_swap", "tts"):
+    for workflow in ("echo", "face_swap", "tts", "text_to_video"):
         assert f"== {workflow}: COMPLETED" in result.stdout
+    assert "video: http" in result.stdout and "tiny random Flux model" in result.stdout
     outputs = list((tmp_path / "storage").rglob("*"))
     assert any(p.name == "output.jpg" for p in outputs) and any(p.suffix == ".srt" for p in outputs)
+    assert any(p.name == "video.mp4" and p.stat().st_size > 0 for p in outputs)
