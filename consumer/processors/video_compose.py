@@ -226,7 +226,8 @@ async def run_ffmpeg(ctx: TaskContext, command: list[str], total_frames: int) ->
                 await ctx.progress(10 + 85 * min(1.0, int(value) / total_frames), "composing")
         await proc.wait()
     except (asyncio.CancelledError, TaskCancelled):
-        proc.kill()
+        if proc.returncode is None:  # it may have ended between its last line and the cancel
+            proc.kill()
         await proc.wait()
         raise
     finally:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from consumer.context import TaskContext
+from consumer.errors import TaskCancelled
 from consumer.processors.video_compose import build_command, frames_between, process
 from taskfleet.errors import TaskfleetError
 from video_media import audio_rms, clip, close_to, frame_at, probe, silence, still, stream, tone
@@ -80,10 +81,17 @@ def compose_input(media: dict[str, Path], **settings) -> dict:
     }
 
 
-async def compose(tmp_path: Path, data: dict) -> tuple[dict, Path]:
+async def compose(tmp_path: Path, data: dict, cancel_after: int | None = None) -> tuple[dict, Path]:
+    """Run the processor; ``cancel_after``: the producer cancels after that many progress reports."""
+    reports = []
+
+    def cancel_requested() -> bool:
+        reports.append(1)
+        return cancel_after is not None and len(reports) > cancel_after
+
     ctx = TaskContext(
         task_id="tsk_compose", workflow="video_compose", input=data, attempt=1, workdir=tmp_path / "work",
-        storage=DirStorage(tmp_path / "store"), timeout_s=60, _fetcher=CopyFetcher(),
+        storage=DirStorage(tmp_path / "store"), timeout_s=60, _fetcher=CopyFetcher(), _cancel_requested=cancel_requested,
     )  # fmt: skip
     out = await process(ctx)
     return out, Path(urlsplit(out["video_url"]).path)
@@ -167,3 +175,10 @@ def test_one_ffmpeg_streams_every_input_to_one_file(tmp_path, media):
     command = build_command("ffmpeg", m, [10, 22], ComposeSettings(width=W, height=H, fps=FPS), 3.2, tmp_path / "v.mp4")
     # No frames piped through Python: inputs are files, the output is a file, stdout carries progress.
     assert command.count("-i") == 3 and command[-1] == str(tmp_path / "v.mp4") and "pipe:1" in command
+
+
+async def test_a_cancel_while_ffmpeg_runs_stops_it_and_stores_nothing(tmp_path, media):
+    # Reports 1 and 2 come before ffmpeg starts; the third is its first progress line.
+    with pytest.raises(TaskCancelled):
+        await compose(tmp_path, compose_input(media), cancel_after=2)
+    assert not (tmp_path / "store").exists()
