@@ -195,7 +195,7 @@ def test_the_same_seed_gives_the_same_segment_sources_and_images(fleet, full, tm
 
 @pytest.mark.parametrize(
     "change",
-    [{"script": ""}, {"script": "   "}, {"script": "x" * 20_001}, {"size": "big"}, {"size": "128x73"},
+    [{"script": ""}, {"script": "   "}, {"script": "x" * 20_001}, {"size": "big"}, {"size": "128x73"}, {"size": "30x30"}, {"size": "4098x100"},
      {"stock_ratio": 2}, {"subtitles": "loud"}, {"colour": "red"}],
 )  # fmt: skip
 def test_bad_input_is_refused_at_create(fleet, change):
