@@ -161,7 +161,7 @@ def build_command(ffmpeg: str, media: Media, frames: list[int], s: ComposeSettin
     args = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(media.speech)]
     graph = []
     for i, (path, stock, n) in enumerate(zip(media.segments, media.stock, frames)):
-        k = len(graph) + 1
+        k = i + 1  # input 0 is the speech
         cover = f"scale={w}:{h}:force_original_aspect_ratio=increase,crop={w}:{h},setsar=1"
         if stock:
             # Looped on input (a short clip fills a long segment), cut to the segment's frames.

@@ -32,7 +32,7 @@ def tone(path: Path, seconds: float, freq: int = 440) -> Path:
 
 
 def silence(path: Path, seconds: float) -> Path:
-    ffmpeg("-f", "lavfi", "-i", f"anullsrc=r=22050:cl=mono", "-t", str(seconds), str(path))
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=22050:cl=mono", "-t", str(seconds), str(path))
     return path
 
 
