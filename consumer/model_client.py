@@ -25,6 +25,7 @@ from consumer.circuit import CircuitBreaker, CircuitState
 from consumer.errors import ModelServerError, ModelServerTimeout, ModelServerUnavailable
 from consumer.metrics import Metrics
 from taskfleet.errors import parse_error_body
+from taskfleet.logs import stamp_context_headers
 from taskfleet.retry import connect_retry_transport
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Endpoint:
             transport=connect_retry_transport(transport or httpx.AsyncHTTPTransport(), total=2, backoff_factor=0.1),
             timeout=httpx.Timeout(120.0, connect=CONNECT_TIMEOUT_S),
             trust_env=False,
+            event_hooks={"request": [stamp_context_headers]},
         )
 
     def usable(self) -> bool:

@@ -23,6 +23,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from taskfleet import errors
+from taskfleet.logs import stamp_context_headers
 from taskfleet.retry import connect_retry_transport
 from taskfleet.states import TERMINAL
 
@@ -242,6 +243,8 @@ class ConsumerClient(_Base):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(base_url, token, timeout=timeout, transport=transport)
+        # The API's log lines for a task's heartbeats and completion carry the attempt's request id.
+        self._http.event_hooks["request"].append(stamp_context_headers)
         self.consumer_id = consumer_id or f"csm_{uuid.uuid4().hex[:12]}"
         self.host = host or socket.gethostname()
 
