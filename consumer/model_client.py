@@ -112,6 +112,8 @@ class ModelServerPool:
             Endpoint(u, CircuitBreaker(breaker_failures, breaker_reset_s), transport) for u in urls
         ]
         self._refreshing: asyncio.Task | None = None
+        if metrics is not None:
+            metrics.watch_pool(self)
 
     def client(self, timeout_s: float = 120.0) -> "ModelServerClient":
         return ModelServerClient(self, timeout_s)

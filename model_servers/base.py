@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import re
 import sys
-from typing import AsyncIterator, Literal
+import time
+from typing import AsyncIterator, Callable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from model_servers.metrics import install_metrics
 from taskfleet.errors import TaskfleetError, Unavailable, error_body
 from taskfleet.logs import RequestLogMiddleware
 
@@ -66,14 +68,18 @@ class GpuSlots:
         self._sem = asyncio.Semaphore(self.capacity)
         self.in_flight = 0  # holding a slot
         self.waiting = 0  # queued for one
+        self.on_wait: Callable[[float], None] | None = None  # given each request's wait, in seconds
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         self.waiting += 1
+        queued = time.perf_counter()
         try:
             await self._sem.acquire()
         finally:
             self.waiting -= 1
+        if self.on_wait is not None:
+            self.on_wait(time.perf_counter() - queued)
         self.in_flight += 1
         try:
             yield
@@ -166,7 +172,9 @@ class Ready(BaseModel):
 
 
 def install_common(app: FastAPI, state: ModelState) -> None:
-    """Add /health, /ready, request logging and the contract's error shape to a model server app."""
+    """Add /health, /ready, /metrics, request logging and the contract's error shape to a model server app."""
+    install_metrics(app, state.slots)
+    # Added last, so outermost: its request id is in context while the rest runs.
     app.add_middleware(RequestLogMiddleware, logger="model_servers.http")
 
     @app.get("/health", response_model=Health)

@@ -657,8 +657,9 @@ class Queue:
 
     async def stats(self) -> dict[str, Any]:
         counts = await self.store.fetch(sql.COUNT_BY_WORKFLOW_STATUS)
-        oldest = await self.store.fetchval(sql.OLDEST_PENDING)
+        oldest = await self.store.fetch(sql.OLDEST_PENDING_BY_WORKFLOW)
+        now = time.time()
         return {
             "counts": [(r["workflow"], r["status"], r["n"]) for r in counts],
-            "oldest_pending_age_s": (time.time() - oldest) if oldest else 0.0,
+            "oldest_pending_age_s": {r["workflow"]: max(0.0, now - r["oldest"]) for r in oldest},
         }

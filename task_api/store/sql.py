@@ -553,7 +553,9 @@ DELETE FROM tasks WHERE seq IN (
 """
 
 COUNT_BY_WORKFLOW_STATUS = "SELECT workflow, status, count(*) AS n FROM tasks GROUP BY workflow, status"
-OLDEST_PENDING = "SELECT min(created_at) FROM tasks WHERE status = 'PENDING'"
+OLDEST_PENDING_BY_WORKFLOW = (
+    "SELECT workflow, min(created_at) AS oldest FROM tasks WHERE status = 'PENDING' GROUP BY workflow"
+)
 
 # -- webhooks -------------------------------------------------------------------------------
 # Deliveries are rows, so they survive a restart. Claiming one pushes next_at forward: if the
