@@ -274,8 +274,9 @@ class Queue:
             after = int(cursor) if cursor else None
         except ValueError:
             raise BadRequest("cursor is not one this API issued", code="invalid_cursor") from None
-        rows = await self.store.fetch(
-            sql.LIST_TASKS, {"status": status, "workflow": workflow, "cursor": after, "limit": limit + 1}
+        statement = sql.LIST_TASKS[status is not None, workflow is not None, after is not None]
+        rows = await self.store.fetch_custom_plan(
+            statement, {"status": status, "workflow": workflow, "cursor": after, "limit": limit + 1}
         )
         next_cursor = str(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return rows[:limit], next_cursor
