@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
