@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from consumer.logs import setup_logging
+from taskfleet.logs import setup_logging
 from consumer.settings import ConsumerSettings
 from taskfleet.settings_check import exit_on_bad_settings, warn_unknown_names
 

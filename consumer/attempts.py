@@ -27,12 +27,12 @@ from consumer.completions import CompletionBatcher
 from consumer.context import Progress, TaskContext
 from consumer.errors import ModelServerUnavailable, ProcessorError, TaskTimeout
 from consumer.inputs import InputFetcher
-from consumer.logs import current_task_id, current_workflow
 from consumer.metrics import Metrics
 from consumer.model_client import ModelServerPool
 from consumer.registry import Runnable
 from consumer.settings import ConsumerSettings
 from taskfleet.client import ConsumerClient
+from taskfleet.logs import current_task_id, current_workflow, new_request_id, request_id
 from taskfleet.errors import LeaseLost, TaskfleetError
 from taskfleet.scratch import Scratch
 
@@ -151,6 +151,9 @@ class Attempts:
         task, r = running.task, running.runnable
         current_task_id.set(running.task_id)
         current_workflow.set(r.name)
+        # One request id for the attempt: its calls to the API and the model servers carry it
+        # (with the task id), so their log lines and ours can be joined.
+        request_id.set(new_request_id())
         self.metrics.in_flight.labels(r.name).inc()
         started = time.perf_counter()
         outcome = "error"

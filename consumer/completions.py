@@ -16,6 +16,7 @@ from typing import Any
 from taskfleet import errors
 from taskfleet.client import ConsumerClient
 from taskfleet.coalesce import Coalescer
+from taskfleet.logs import current_task_id, request_id
 
 # The API refuses bodies over TASKFLEET_MAX_BODY_MB (1 MB by default): a big output goes on its
 # own through the single-task route, and a batch stops growing well before that limit.
@@ -23,7 +24,7 @@ ALONE_BYTES = 64 * 1024
 BATCH_BYTES = 256 * 1024
 BATCH_ITEMS = 100
 
-Item = tuple[str, str, Any, int]  # task_id, lease_id, output, its JSON size
+Item = tuple[str, str, Any, int, str | None]  # task_id, lease_id, output, its JSON size, the attempt's request id
 
 
 class CompletionBatcher:
@@ -37,13 +38,18 @@ class CompletionBatcher:
         size = len(json.dumps(output, default=str))
         if size > ALONE_BYTES:
             return await self._client.complete(task_id, lease_id, output)
-        return await self._batches.submit((task_id, lease_id, output, size))
+        return await self._batches.submit((task_id, lease_id, output, size, request_id.get()))
 
     async def _send(self, batch: list[Item]) -> list[dict[str, Any] | Exception]:
         # A failed request (API down, 5xx…) raises here and reaches every caller in the batch,
         # who retries as it would a single complete; the fence makes a resend of a landed one
         # harmless.
-        results = await self._client.complete_many([(t, lease, out) for t, lease, out, _ in batch])
+        # This runs in the context of whichever completion started the drain: the request names
+        # a task and its attempt's request id only when it carries just the one.
+        alone = len(batch) == 1
+        current_task_id.set(batch[0][0] if alone else None)
+        request_id.set(batch[0][4] if alone else None)
+        results = await self._client.complete_many([(t, lease, out) for t, lease, out, _, _ in batch])
         answers: list[dict[str, Any] | Exception] = []
         for result in results:
             if result.get("error"):

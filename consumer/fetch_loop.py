@@ -117,7 +117,9 @@ class FetchLoop:
             names, limit = capacity.plan(self.attempts.running)
             if not names:
                 capacity.changed.clear()
+                waited = time.perf_counter()
                 await _wait(capacity.changed, 1.0)
+                self.metrics.slot_wait.inc(time.perf_counter() - waited)
                 continue
             try:
                 # Not cancelled on stop: the API may have leased tasks to us already, and a response

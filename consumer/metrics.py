@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 
 class Metrics:
@@ -31,8 +34,39 @@ class Metrics:
             "taskfleet_consumer_model_capacity", "Free model-server slots this consumer may fill", ["kind"], registry=r,
         )
         self.fetched = Counter("taskfleet_consumer_fetched_tasks", "Tasks leased from the API", registry=r)
+        self.slot_wait = Counter(
+            "taskfleet_consumer_slot_wait_seconds",
+            "Time the consumer could ask for no work: every slot busy, or every model server it needs full or down",
+            registry=r,
+        )
+        self._pools: list[Any] = []
+        r.register(_ModelInFlight(self._pools))
+
+    def watch_pool(self, pool: Any) -> None:
+        """Export this model-server pool's calls in flight, read at each scrape."""
+        self._pools.append(pool)
 
     def serve(self, host: str, port: int):
         """Serve /metrics from a daemon thread; returns the server (``server_port`` is the bound port)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+
+class _ModelInFlight:
+    """This consumer's calls in flight on each model server, read from the pools at scrape time."""
+
+    def __init__(self, pools: list[Any]) -> None:
+        self.pools = pools
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "taskfleet_consumer_model_in_flight", "This consumer's calls in flight, by model server",
+            labels=["kind", "server"],
+        )
+        for pool in list(self.pools):
+            for ep in list(pool.endpoints):
+                family.add_metric([pool.kind, ep.url], ep.in_flight)
+        yield family
+
+    def describe(self) -> list:
+        return []

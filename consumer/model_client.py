@@ -25,6 +25,7 @@ from consumer.circuit import CircuitBreaker, CircuitState
 from consumer.errors import ModelServerError, ModelServerTimeout, ModelServerUnavailable
 from consumer.metrics import Metrics
 from taskfleet.errors import parse_error_body
+from taskfleet.logs import stamp_context_headers
 from taskfleet.retry import connect_retry_transport
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Endpoint:
             transport=connect_retry_transport(transport or httpx.AsyncHTTPTransport(), total=2, backoff_factor=0.1),
             timeout=httpx.Timeout(120.0, connect=CONNECT_TIMEOUT_S),
             trust_env=False,
+            event_hooks={"request": [stamp_context_headers]},
         )
 
     def usable(self) -> bool:
@@ -110,6 +112,8 @@ class ModelServerPool:
             Endpoint(u, CircuitBreaker(breaker_failures, breaker_reset_s), transport) for u in urls
         ]
         self._refreshing: asyncio.Task | None = None
+        if metrics is not None:
+            metrics.watch_pool(self)
 
     def client(self, timeout_s: float = 120.0) -> "ModelServerClient":
         return ModelServerClient(self, timeout_s)

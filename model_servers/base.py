@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import re
 import sys
-from typing import AsyncIterator, Literal
+import time
+from typing import AsyncIterator, Callable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +21,9 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from model_servers.metrics import install_metrics
 from taskfleet.errors import TaskfleetError, Unavailable, error_body
+from taskfleet.logs import RequestLogMiddleware
 
 # The framework's own refusals, under the codes the task API uses for the same statuses.
 HTTP_CODES = {
@@ -43,6 +46,8 @@ class ModelServerSettings(BaseSettings):
     gpu_slots: int = 1
     # ONNX Runtime / torch device preference, first available wins.
     providers: str = "CUDAExecutionProvider,CPUExecutionProvider"
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class Health(BaseModel):
@@ -63,14 +68,18 @@ class GpuSlots:
         self._sem = asyncio.Semaphore(self.capacity)
         self.in_flight = 0  # holding a slot
         self.waiting = 0  # queued for one
+        self.on_wait: Callable[[float], None] | None = None  # given each request's wait, in seconds
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         self.waiting += 1
+        queued = time.perf_counter()
         try:
             await self._sem.acquire()
         finally:
             self.waiting -= 1
+        if self.on_wait is not None:
+            self.on_wait(time.perf_counter() - queued)
         self.in_flight += 1
         try:
             yield
@@ -163,7 +172,10 @@ class Ready(BaseModel):
 
 
 def install_common(app: FastAPI, state: ModelState) -> None:
-    """Add /health, /ready and the contract's error shape to a model server app."""
+    """Add /health, /ready, /metrics, request logging and the contract's error shape to a model server app."""
+    install_metrics(app, state.slots)
+    # Added last, so outermost: its request id is in context while the rest runs.
+    app.add_middleware(RequestLogMiddleware, logger="model_servers.http")
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
@@ -203,6 +215,15 @@ def install_common(app: FastAPI, state: ModelState) -> None:
             error = out_of_memory(exc, "the request")
             return JSONResponse(error.to_body(), status_code=error.status)
         return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
+
+def serve(app: FastAPI, settings: ModelServerSettings, host: str, port: int) -> None:
+    """Run a model server app with uvicorn, its lines in the fleet's one log format (set up by
+    the caller with ``setup_logging`` before the app is made); requests are logged at debug by
+    the app's own middleware, not by uvicorn's access log."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None, access_log=False)
 
 
 def jsonable(value):  # pydantic error details may hold exceptions or bytes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 import uvicorn
@@ -13,6 +12,7 @@ from storage.errors import INVALID_CONFIG, StorageError
 from task_api.app import create_app
 from task_api.settings import ApiSettings
 from taskfleet.errors import ConfigError
+from taskfleet.logs import setup_logging
 from taskfleet.pipelines import PipelineLoadError
 from taskfleet.settings_check import exit_on_bad_settings, fail, warn_unknown_names
 
@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     if log_level not in LOG_LEVELS:
         fail(PROG, f"TASKFLEET_LOG_LEVEL: should be one of {', '.join(LOG_LEVELS)}")
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "database_url": args.database_url}.items() if v is not None}
-    logging.basicConfig(level=LOG_LEVELS[log_level], format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with exit_on_bad_settings(PROG, flags=overrides):
         settings = ApiSettings(**overrides)
+        setup_logging(LOG_LEVELS[log_level], settings.log_format)
         warn_unknown_names("api")
         try:
             app = create_app(settings)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     # sends a request on a connection the API is closing at that moment: a POST lost that way
     # could not be resent safely.
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+        app, host=settings.host, port=settings.port, log_level=log_level, access_log=False, log_config=None,
         timeout_keep_alive=KEEP_ALIVE_S,
     )
 

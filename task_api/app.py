@@ -31,6 +31,7 @@ from task_api.wakeup import Dispatcher
 from task_api.webhooks import WebhookSender
 from taskfleet import pipelines as pipeline_defs
 from taskfleet.errors import TaskfleetError, error_body
+from taskfleet.logs import RequestLogMiddleware
 from taskfleet.urlguard import UrlGuard
 from taskfleet.workflows import WorkflowRegistry
 
@@ -145,6 +146,8 @@ def create_app(
         default_limit=int(settings.max_body_mb * 1024 * 1024),
         limits={"/api/files": int(settings.max_input_mb * 1024 * 1024) + 64 * 1024},
     )
+    # Outermost, so that every answer (a 413 included) carries its X-Request-ID.
+    app.add_middleware(RequestLogMiddleware, logger="taskfleet.api.http")
 
     @app.exception_handler(TaskfleetError)
     async def _taskfleet_error(_: Request, exc: TaskfleetError) -> JSONResponse:

@@ -13,7 +13,8 @@ class ApiMetrics:
         self.tasks = Gauge("taskfleet_tasks", "Tasks by workflow and status", ["workflow", "status"], registry=self.registry)
         self.queue_depth = Gauge("taskfleet_queue_depth", "PENDING tasks", registry=self.registry)
         self.oldest_pending = Gauge(
-            "taskfleet_oldest_pending_age_seconds", "Age of the oldest PENDING task", registry=self.registry
+            "taskfleet_oldest_pending_age_seconds", "Age of the oldest PENDING task, by workflow", ["workflow"],
+            registry=self.registry,
         )
         self.attempts = Counter(
             "taskfleet_attempts", "Leases ended, by outcome", ["workflow", "outcome"], registry=self.registry
@@ -25,7 +26,9 @@ class ApiMetrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
             registry=self.registry,
         )
-        self.created = Counter("taskfleet_tasks_created", "Tasks accepted", ["workflow"], registry=self.registry)
+        # prometheus-client exposes a counter as NAME_total plus a NAME_created timestamp: a counter
+        # named *_created would export taskfleet_tasks_created_created beside it.
+        self.created = Counter("taskfleet_tasks_accepted", "Tasks accepted", ["workflow"], registry=self.registry)
 
     def observe_finished(self, row: dict) -> None:
         if row.get("started_at") and row.get("finished_at"):
@@ -40,5 +43,8 @@ class ApiMetrics:
             if status == "PENDING":
                 depth += n
         self.queue_depth.set(depth)
-        self.oldest_pending.set(stats["oldest_pending_age_s"])
+        # Cleared first: a workflow whose queue emptied has no oldest task, and no series.
+        self.oldest_pending.clear()
+        for workflow, age in stats["oldest_pending_age_s"].items():
+            self.oldest_pending.labels(workflow).set(age)
         return generate_latest(self.registry)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 import time
 import uuid
@@ -22,6 +23,8 @@ from task_api.wakeup import Dispatcher, Waiter
 from taskfleet.coalesce import Coalescer
 from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound
 from taskfleet.states import TERMINAL
+
+log = logging.getLogger("taskfleet.api.tasks")
 
 SYNC_PRIORITY = 1_000_000  # /process runs before anything a producer can ask for
 
@@ -72,7 +75,16 @@ class Queue:
     def _signal_pending(self, workflow: str, count: int = 1) -> None:
         self._dispatcher.pending(workflow, count)
 
+    @staticmethod
+    def _log_change(row: Row, change: str, **context: Any) -> None:
+        """One info line per state change, carrying the task id (and, from the context unless
+        ``context`` overrides it, the request that made the change)."""
+        if log.isEnabledFor(logging.INFO):
+            extra = {"task_id": row["id"], "workflow": row.get("workflow"), "status": row["status"], **context}
+            log.info("task %s: %s", change, row["status"], extra=extra)
+
     def _signal_finished(self, row: Row) -> None:
+        self._log_change(row, "ended")
         self._dispatcher.finished(row["id"])
         self._on_finished(row)
         if row.get("webhook_url"):
@@ -101,12 +113,16 @@ class Queue:
         Creates that arrive while one is being written go together in the next write (one
         statement and one commit on Postgres); each is still committed before it returns.
         A pipeline goes in with its first stages' tasks, in one transaction of its own."""
-        if self.pipelines.is_pipeline(spec["workflow"]):
-            return await self._create_pipeline(self._insert_params(spec, time.time()))
-        result = await self._creates.submit(self._insert_params(spec, time.time()))
-        # A fetch this create woke claims before the create's own answer is written: on the way
-        # to a consumer, not behind the producer's response.
-        await asyncio.sleep(0)
+        pipeline = self.pipelines.is_pipeline(spec["workflow"])
+        params = self._insert_params(spec, time.time())
+        result = await (self._create_pipeline(params) if pipeline else self._creates.submit(params))
+        # Logged here, in the producer's request: the coalesced write runs in another's context.
+        if result[1]:
+            self._log_change(result[0], "created")
+        if not pipeline:
+            # A fetch this create woke claims before the create's own answer is written: on the
+            # way to a consumer, not behind the producer's response.
+            await asyncio.sleep(0)
         return result
 
     async def create_many(self, specs: list[dict[str, Any]]) -> list[tuple[Row, bool]]:
@@ -127,6 +143,9 @@ class Queue:
                     results.append(await self._insert_pipeline(tx, p, effects))
         self._signal_created([r for r, p in zip(results, params) if p["id"] in inserted])
         self._signal_effects(effects)
+        for row, created in results:
+            if created:
+                self._log_change(row, "created")
         return results
 
     async def _create_pipeline(self, p: dict[str, Any]) -> tuple[Row, bool]:
@@ -188,6 +207,8 @@ class Queue:
         if row is None:  # the idempotency key was taken: nothing new to hand over
             waiter.wake()
             return None, False
+        # In the coalesced write's context, which may be another create's request: no request id.
+        self._log_change(row, f"leased to {waiter.consumer_id}", request_id=None)
         # The producer's answer shows the task as it was accepted, PENDING, as every create
         # answers (the contract's create shape); a read a moment later shows it PROCESSING, as
         # it would after any fast claim.
@@ -253,8 +274,9 @@ class Queue:
             after = int(cursor) if cursor else None
         except ValueError:
             raise BadRequest("cursor is not one this API issued", code="invalid_cursor") from None
-        rows = await self.store.fetch(
-            sql.LIST_TASKS, {"status": status, "workflow": workflow, "cursor": after, "limit": limit + 1}
+        statement = sql.LIST_TASKS[status is not None, workflow is not None, after is not None]
+        rows = await self.store.fetch_custom_plan(
+            statement, {"status": status, "workflow": workflow, "cursor": after, "limit": limit + 1}
         )
         next_cursor = str(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return rows[:limit], next_cursor
@@ -266,6 +288,8 @@ class Queue:
             row = await self._cancel_in_pipeline(params)  # signals what it ended itself
         elif row["status"] == "CANCELLED":
             self._signal_finished(row)
+        else:
+            self._log_change(row, "cancel requested")
         if row is None:
             current = await self.get(task_id)
             raise Conflict(f"task is {current['status']} and cannot be cancelled", code="invalid_state")
@@ -304,6 +328,7 @@ class Queue:
                     f"task is a stage of pipeline {current['parent_id']}: retry the pipeline", code="invalid_state"
                 )
             raise Conflict(f"task is {current['status']}; only FAILED or CANCELLED tasks can be retried", code="invalid_state")
+        self._log_change(row, "retried")
         self._signal_pending(row["workflow"])
         return row
 
@@ -378,7 +403,10 @@ class Queue:
             "limit": limit,
             "any_workflow": not names,
         }
-        return await self.store.claim(params, names)
+        rows = await self.store.claim(params, names)
+        for row in rows:
+            self._log_change(row, f"leased to {consumer_id}")
+        return rows
 
     async def fetch(
         self,
@@ -482,6 +510,7 @@ class Queue:
         if row["status"] in TERMINAL:
             self._signal_finished(row)
         elif row["status"] == "PENDING":
+            self._log_change(row, f"attempt {params['outcome']}, retry in {params['not_before'] - params['now']:.1f}s")
             self._signal_later(row["workflow"], params["not_before"] - params["now"])
 
     async def _finish(self, task_id: str, lease_id: str, **kwargs: Any) -> Row:
@@ -577,6 +606,7 @@ class Queue:
         if row is None:
             raise await self._fenced_miss(task_id)
         if row["status"] == "PENDING":
+            self._log_change(row, "released")
             self._signal_pending(row["workflow"])
         else:
             self._signal_finished(row)
@@ -594,6 +624,7 @@ class Queue:
                 moved.append(row)
         for row in moved:
             if row["status"] == "PENDING":
+                self._log_change(row, "lease expired")
                 self._signal_pending(row["workflow"])
             else:
                 full = await self.store.fetchrow(sql.SELECT_TASK, {"id": row["id"]})
@@ -627,8 +658,9 @@ class Queue:
 
     async def stats(self) -> dict[str, Any]:
         counts = await self.store.fetch(sql.COUNT_BY_WORKFLOW_STATUS)
-        oldest = await self.store.fetchval(sql.OLDEST_PENDING)
+        oldest = await self.store.fetch(sql.OLDEST_PENDING_BY_WORKFLOW)
+        now = time.time()
         return {
             "counts": [(r["workflow"], r["status"], r["n"]) for r in counts],
-            "oldest_pending_age_s": (time.time() - oldest) if oldest else 0.0,
+            "oldest_pending_age_s": {r["workflow"]: max(0.0, now - r["oldest"]) for r in oldest},
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,8 @@ class ApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     database_url: str = "sqlite:///./var/taskfleet.db"
+    # The one format of every taskfleet process's log lines (taskfleet/logs.py).
+    log_format: Literal["json", "text"] = "json"
 
     # Comma-separated token sets; none at all = open mode (loopback only).
     producer_tokens: str = ""

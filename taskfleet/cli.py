@@ -7,55 +7,15 @@ it, so ``taskfleet api`` and ``python -m task_api`` are the same program.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
-import json
-import os
 import sys
 
 MODEL_SERVERS = ("face_swap", "flux", "tts")
+CLIENT_COMMANDS = ("submit", "tasks", "consumers", "stats")
 
 
 def _delegate(module: str, argv: list[str]) -> None:
     importlib.import_module(module).main(argv)
-
-
-def _submit(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="taskfleet submit", description="Create a task (and wait for it)")
-    parser.add_argument("workflow")
-    parser.add_argument("--input", default="{}", help="JSON object, or @path to a JSON file")
-    parser.add_argument("--priority", type=int, default=None)
-    parser.add_argument("--wait", action="store_true", help="wait until the task finishes")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait with --wait")
-    parser.add_argument("--api-url", default=os.environ.get("TASKFLEET_API_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--token", default=os.environ.get("TASKFLEET_PRODUCER_TOKEN"))
-    args = parser.parse_args(argv)
-    raw = args.input
-    if raw.startswith("@"):
-        with open(raw[1:], encoding="utf-8") as fh:
-            raw = fh.read()
-    try:
-        payload = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        parser.error(f"--input is not JSON: {exc}")
-
-    from taskfleet.client import ProducerClient
-    from taskfleet.errors import TaskfleetError
-    from taskfleet.states import TaskStatus
-
-    async def run() -> int:
-        async with ProducerClient(args.api_url, args.token) as client:
-            task = await client.submit(args.workflow, payload, priority=args.priority)
-            if args.wait:
-                task = await client.wait(task["task_id"], timeout=args.timeout)
-            print(json.dumps(task, indent=2))
-            return 0 if task["status"] in (TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.COMPLETED) else 1
-
-    try:
-        sys.exit(asyncio.run(run()))
-    except TaskfleetError as exc:
-        print(json.dumps(exc.to_body(), indent=2), file=sys.stderr)
-        sys.exit(2)
 
 
 def _models(argv: list[str]) -> None:
@@ -80,9 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "command",
-        choices=["api", "consumer", "model-server", "up", "submit", "models"],
+        choices=["api", "consumer", "model-server", "up", "submit", "tasks", "consumers", "stats", "models"],
         help="api: the task API · consumer: a consumer · model-server KIND: a model server · "
-        "up: the whole local stack · submit: create a task · models download NAME: fetch weights",
+        "up: the whole local stack · submit: create a task · tasks list|get|cancel|retry|watch: "
+        "inspect and act on tasks · consumers: the live consumers · stats: queues by workflow · "
+        "models download NAME: fetch weights",
     )
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -100,8 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         _delegate(f"model_servers.{rest[0]}.__main__", rest[1:])
     elif command == "up":
         _delegate("taskfleet.stack", rest)
-    elif command == "submit":
-        _submit(rest)
+    elif command in CLIENT_COMMANDS:
+        from taskfleet import commands
+
+        commands.main(command, rest)
     elif command == "models":
         _models(rest)
 

@@ -12,16 +12,18 @@ about 0.5 ms through aiohttp, and a producer sends one request per task.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, AsyncIterator, Iterable
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from taskfleet import errors
+from taskfleet.logs import stamp_context_headers
 from taskfleet.retry import connect_retry_transport
 from taskfleet.states import TERMINAL
 
@@ -61,7 +63,38 @@ def raise_for_error(response: httpx.Response) -> None:
         return
     code, message = errors.parse_error_body(response.text, response.status_code)
     cls = errors.LeaseLost if code == "lease_lost" else _BY_STATUS.get(response.status_code, errors.TaskfleetError)
-    raise cls(message, code=code, status=response.status_code, retryable=response.status_code >= 500)
+    raise cls(
+        message, code=code, status=response.status_code, retryable=response.status_code >= 500,
+        details=_error_details(response),
+    )
+
+
+def _error_details(response: httpx.Response) -> Any:
+    """The field-level ``details`` of an error answer (a 422's pydantic errors), if it has any."""
+    try:
+        return response.json()["error"].get("details")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """``(event, data)`` for each Server-Sent Event in a stream of lines; comments (the server's
+    keep-alives) and events without data are skipped, as an EventSource does."""
+    event, data = "message", []
+    async for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
 
 
 class _Base:
@@ -161,6 +194,20 @@ class ProducerClient(_Base):
                 raise TimeoutError(f"task {task_id} still {task['status']} after {timeout}s")
             await asyncio.sleep(poll_s)
 
+    async def events(self, task_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The task on every change, from ``GET /api/tasks/{id}/events``: at once, then on each
+        status, progress or attempt change, until the server closes it after the terminal state."""
+        # No read timeout: a quiet task sends nothing for as long as it runs.
+        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+        headers = {"Accept": "text/event-stream"}
+        async with self._http.stream("GET", f"/api/tasks/{task_id}/events", headers=headers, timeout=timeout) as response:
+            if not response.is_success:
+                await response.aread()
+                raise_for_error(response)
+            async for event, data in iter_sse(response.aiter_lines()):
+                if event == "task":
+                    yield json.loads(data)
+
     async def process(self, route: str, body: dict[str, Any], *, wait_s: float = 120.0) -> httpx.Response:
         """The synchronous route; returns the raw response (200 result, 202 pending, 422/502 failure)."""
         return await self._http.post(
@@ -171,6 +218,17 @@ class ProducerClient(_Base):
         with open(path, "rb") as fh:
             files = {"file": (path.rsplit("/", 1)[-1], fh, content_type)}
             return (await self._call("POST", "/api/files", files=files)).json()["url"]
+
+
+class AdminClient(ProducerClient):
+    """A producer client that also reads the operator routes (admin token)."""
+
+    async def consumers(self) -> list[dict[str, Any]]:
+        body = (await self._call("GET", "/api/consumers")).json()
+        return body["consumers"] if isinstance(body, dict) else body
+
+    async def stats(self) -> dict[str, Any]:
+        return (await self._call("GET", "/api/stats")).json()
 
 
 class ConsumerClient(_Base):
@@ -185,6 +243,8 @@ class ConsumerClient(_Base):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(base_url, token, timeout=timeout, transport=transport)
+        # The API's log lines for a task's heartbeats and completion carry the attempt's request id.
+        self._http.event_hooks["request"].append(stamp_context_headers)
         self.consumer_id = consumer_id or f"csm_{uuid.uuid4().hex[:12]}"
         self.host = host or socket.gethostname()
 

@@ -46,7 +46,10 @@ KINDS: dict[str, ProcessKind] = {
     "face_swap": ProcessKind("the face-swap server", "model_servers.face_swap.settings:FaceSwapSettings"),
     "flux": ProcessKind("the Flux server", "model_servers.flux.settings:FluxSettings"),
     "tts": ProcessKind("the TTS server", "model_servers.tts.settings:TtsSettings"),
-    "submit": ProcessKind("taskfleet submit", direct=("TASKFLEET_API_URL", "TASKFLEET_PRODUCER_TOKEN")),
+    "submit": ProcessKind(
+        "the client commands (submit, tasks, consumers, stats)",
+        direct=("TASKFLEET_API_URL", "TASKFLEET_TOKEN", "TASKFLEET_PRODUCER_TOKEN", "TASKFLEET_ADMIN_TOKEN"),
+    ),
     "up": ProcessKind("taskfleet up", direct=("TASKFLEET_DATA_DIR", "TASKFLEET_PRODUCER_TOKEN")),
 }
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
 from model_servers.face_swap.settings import FaceSwapSettings
+from model_servers.base import serve
+from taskfleet.logs import setup_logging
 from taskfleet.settings_check import exit_on_bad_settings, warn_unknown_names
 
 PROG = "taskfleet model-server face_swap"
@@ -21,13 +21,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine", choices=["insightface", "lite"], default=settings.face_swap_engine)
     parser.add_argument("--models-dir", default=settings.models_dir)
     args = parser.parse_args(argv)
+    setup_logging(settings.log_level, settings.log_format)
     warn_unknown_names("face_swap")
     settings = settings.model_copy(
         update={"host": args.host, "port": args.port, "face_swap_engine": args.engine, "models_dir": args.models_dir}
     )
     from model_servers.face_swap.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    serve(create_app(settings), settings, settings.host, settings.port)
 
 
 if __name__ == "__main__":

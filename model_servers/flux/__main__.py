@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
+from taskfleet.logs import setup_logging
 from taskfleet.settings_check import exit_on_bad_settings, warn_unknown_names
 
 PROG = "taskfleet model-server flux"
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
+    from model_servers.base import serve
     from model_servers.flux.app import create_app
     from model_servers.flux.settings import FluxSettings
 
@@ -22,10 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level, settings.log_format)
     warn_unknown_names("flux")
     settings = settings.model_copy(update={"host": args.host, "port": args.port})
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    serve(create_app(settings), settings, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
 from model_servers.tts.app import create_app
 from model_servers.tts.settings import TtsSettings
+from model_servers.base import serve
+from taskfleet.logs import setup_logging
 from taskfleet.settings_check import exit_on_bad_settings, warn_unknown_names
 
 PROG = "taskfleet model-server tts"
@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
     args = parser.parse_args(argv)
+    setup_logging(settings.log_level, settings.log_format)
     warn_unknown_names("tts")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    serve(create_app(settings), settings, args.host, args.port)
 
 
 if __name__ == "__main__":

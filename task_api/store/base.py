@@ -53,6 +53,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def fetch(self, query: str, params: dict[str, Any] | None = None) -> list[Row]: ...
 
+    async def fetch_custom_plan(self, query: str, params: dict[str, Any] | None = None) -> list[Row]:
+        """``fetch``, planned for these very values on every call: for a statement whose best
+        index depends on them (the filtered task list). SQLite plans each call already."""
+        return await self.fetch(query, params)
+
     @abc.abstractmethod
     async def fetchrow(self, query: str, params: dict[str, Any] | None = None) -> Row | None: ...
 

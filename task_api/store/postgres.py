@@ -81,6 +81,11 @@ class PostgresStore(Store):
             return [dict(r) for r in await self._conn.fetch(text, *args)]
         return [dict(r) for r in await self._pool.fetch(text, *args)]
 
+    async def fetch_custom_plan(self, query: str, params: dict[str, Any] | None = None) -> list[Row]:
+        async with self.transaction() as tx:
+            await tx.execute(sql.PLAN_EACH_CALL)
+            return await tx.fetch(query, params)
+
     async def fetchrow(self, query: str, params: dict[str, Any] | None = None) -> Row | None:
         rows = await self.fetch(query, params)
         return rows[0] if rows else None

@@ -151,13 +151,23 @@ FROM attempts WHERE task_id = :id ORDER BY started_at, lease_id
 """
 
 # Newest first; the cursor is the last seen seq.
-LIST_TASKS = f"""
-SELECT {TASK_COLUMNS} FROM tasks
-WHERE (:status IS NULL OR status = :status)
-  AND (:workflow IS NULL OR workflow = :workflow)
-  AND (:cursor IS NULL OR seq < :cursor)
-ORDER BY seq DESC LIMIT :limit
-"""
+def _list_tasks(status: bool, workflow: bool, cursor: bool) -> str:
+    conditions = [c for c, on in (("status = :status", status), ("workflow = :workflow", workflow),
+                                  ("seq < :cursor", cursor)) if on]  # fmt: skip
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    return f"SELECT {TASK_COLUMNS} FROM tasks {where}ORDER BY seq DESC LIMIT :limit"
+
+
+# The task list, newest first, one statement per combination of filters given (status,
+# workflow, cursor), each answered in order by an index: the primary key (seq), (status, seq),
+# (workflow, seq), (workflow, status, seq). Run with PLAN_EACH_CALL on Postgres: a prepared
+# statement's generic plan does not know which values it filters on, and for `workflow = $1
+# AND status = $2` it picks the primary key and filters, reading all 1M rows for a pair with
+# no task (100 ms per 300k rows), where the (workflow, status, seq) index reads none.
+LIST_TASKS = {
+    (s, w, c): _list_tasks(s, w, c) for s in (False, True) for w in (False, True) for c in (False, True)
+}
+PLAN_EACH_CALL = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 # -- claim --------------------------------------------------------------------------------
 # Only PENDING rows whose backoff has passed are taken, each gets its own fresh lease id, and
@@ -553,7 +563,9 @@ DELETE FROM tasks WHERE seq IN (
 """
 
 COUNT_BY_WORKFLOW_STATUS = "SELECT workflow, status, count(*) AS n FROM tasks GROUP BY workflow, status"
-OLDEST_PENDING = "SELECT min(created_at) FROM tasks WHERE status = 'PENDING'"
+OLDEST_PENDING_BY_WORKFLOW = (
+    "SELECT workflow, min(created_at) AS oldest FROM tasks WHERE status = 'PENDING' GROUP BY workflow"
+)
 
 # -- webhooks -------------------------------------------------------------------------------
 # Deliveries are rows, so they survive a restart. Claiming one pushes next_at forward: if the

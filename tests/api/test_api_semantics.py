@@ -119,6 +119,24 @@ async def test_pagination_newest_first_with_filters(producer, consumer):
     assert [x["task_id"] for x in processing["items"]] == [t["task_id"]]
     assert (await producer.list(workflow="nothing"))["items"] == []
 
+    # Every combination of filters, each a statement of its own, paged by its cursor.
+    speech = [(await producer.submit("tts", {"text": f"line {i}"}))["task_id"] for i in range(3)]
+
+    async def all_pages(**filters) -> list[str]:
+        found, cursor = [], None
+        while True:
+            page = await producer.list(limit=2, cursor=cursor, **filters)
+            found += [x["task_id"] for x in page["items"]]
+            if (cursor := page["next_cursor"]) is None:
+                return found
+
+    pending_echo = [i for i in reversed(ids) if i != t["task_id"]]
+    assert await all_pages(workflow="echo", status="PENDING") == pending_echo
+    assert await all_pages(workflow="tts") == list(reversed(speech))
+    assert await all_pages(status="PENDING") == list(reversed(speech)) + pending_echo
+    assert await all_pages(workflow="echo", status="PROCESSING") == [t["task_id"]]
+    assert await all_pages(workflow="tts", status="PROCESSING") == []
+
 
 @pytest.fixture
 def retention_env(api_env):

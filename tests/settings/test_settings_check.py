@@ -152,7 +152,8 @@ def test_unknown_names_and_near_misses():
     # A singular or plural twin of an unset setting of this process is named, even though
     # another kind reads it: on the API that is the difference between open and closed.
     assert unknown_name_warnings("api", {"TASKFLEET_PRODUCER_TOKEN": "p"}) == [
-        "TASKFLEET_PRODUCER_TOKEN is not read by the task API (it is for taskfleet submit, taskfleet up); "
+        "TASKFLEET_PRODUCER_TOKEN is not read by the task API (it is for the client commands (submit, tasks, "
+        "consumers, stats), taskfleet up); "
         "did you mean TASKFLEET_PRODUCER_TOKENS?"
     ]
     assert unknown_name_warnings("api", {"TASKFLEET_PRODUCER_TOKEN": "p", "TASKFLEET_PRODUCER_TOKENS": "p"}) == []
