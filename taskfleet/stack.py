@@ -54,6 +54,8 @@ def plan(args: argparse.Namespace) -> list[Service]:
         "TASKFLEET_STORAGE_URL": os.environ.get("TASKFLEET_STORAGE_URL", f"file://{data / 'storage'}"),
         "TASKFLEET_API_URL": api_url,
         "TASKFLEET_PUBLIC_URL": api_url,
+        # A terminal reads this stack's logs, not a collector: text unless the operator asks.
+        "TASKFLEET_LOG_FORMAT": os.environ.get("TASKFLEET_LOG_FORMAT", "text"),
     }
     services = [
         Service(

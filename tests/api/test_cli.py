@@ -54,3 +54,5 @@ def test_up_runs_the_demo_through_the_local_stack(tmp_path):
     outputs = list((tmp_path / "storage").rglob("*"))
     assert any(p.name == "output.jpg" for p in outputs) and any(p.suffix == ".srt" for p in outputs)
     assert any(p.name == "video.mp4" and p.stat().st_size > 0 for p in outputs)
+    # The local stack logs for a terminal: text lines, not a collector's JSON.
+    assert not [line for line in result.stderr.splitlines() if line.startswith('{"ts"')], result.stderr[-2000:]
