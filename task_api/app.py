@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from task_api.auth import Authenticator
 from task_api.bodylimit import BodyLimitMiddleware
+from task_api.events import TaskEvents
 from task_api.housekeeping import purge_forever, reap_forever
 from task_api.metrics import ApiMetrics
 from task_api.openapi import install_openapi
@@ -76,6 +77,7 @@ def create_app(
     auth = Authenticator(settings.token_sets, host=settings.host)
     store = open_store(settings.database_url)
     dispatcher = Dispatcher()
+    events = TaskEvents()
     metrics = ApiMetrics()
     guard = UrlGuard.from_setting(split_csv(settings.url_allowlist))
     webhooks = WebhookSender(
@@ -94,6 +96,7 @@ def create_app(
         on_finished=metrics.observe_finished,
         on_webhook=webhooks.poke,
         pipelines=runner,
+        events=events,
     )
     svc = Services(
         settings=settings,
@@ -117,6 +120,7 @@ def create_app(
                 purge_forever(queue, settings.retention_days * 86400, settings.retention_interval_s)
             ),
             asyncio.create_task(webhooks.run()),
+            asyncio.create_task(events.recheck_forever(store, settings.events_recheck_s)),
         ]
         # Everything made at start (routes, schemas, imported modules) lives as long as the
         # process: out of the collector's view, a full collection no longer walks it (a 50 ms

@@ -38,6 +38,9 @@ class ApiSettings(BaseSettings):
     max_wait_s: float = 60.0  # longest long-poll a fetch may ask for
     max_process_wait_s: float = 600.0
     reap_interval_s: float = 1.0
+    # How often each replica re-reads the tasks its event streams watch, for other replicas'
+    # changes that no NOTIFY announces (one statement per pass for all its streams).
+    events_recheck_s: float = Field(1.0, gt=0)
     retention_days: float = 30.0
     retention_interval_s: float = 3600.0
 

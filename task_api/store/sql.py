@@ -43,7 +43,7 @@ PG_TYPES = {
     "now": "float8", "lease_s": "float8", "not_before": "float8", "cutoff": "float8",
     "inflight_s": "float8", "next_at": "float8", "timeout_s": "float8", "limit": "int", "cursor": "bigint",
     "retryable": "boolean", "any_workflow": "boolean", "give_up": "boolean", "in_pipeline": "boolean",
-    "workflows": "text[]", "status": "text", "workflow": "text", "outcome": "text",
+    "workflows": "text[]", "ids": "text[]", "status": "text", "workflow": "text", "outcome": "text",
     "output": "text", "error": "text", "progress": "text",
     # INSERT_TASKS_POSTGRES's columns, one array each
     "id_list": "text[]", "workflow_list": "text[]", "input_list": "text[]", "priority_list": "int[]",
@@ -551,6 +551,18 @@ DELETE FROM tasks WHERE seq IN (
     SELECT seq FROM tasks WHERE finished_at IS NOT NULL AND finished_at < :cutoff
       AND status IN {TERMINAL} LIMIT 1000)
 """
+
+# -- live events ----------------------------------------------------------------------------
+# The recheck behind the task event streams (task_api/events.py): each watched task's
+# updated_at, and its stage tasks' latest (a pipeline's stages change without touching it).
+# By primary key and the parent_id index: one statement per replica per pass, for all streams.
+_TASK_VERSIONS = """
+SELECT id, updated_at, NULL AS stages_at FROM tasks WHERE id {watched}
+UNION ALL
+SELECT parent_id, NULL, max(updated_at) FROM tasks WHERE parent_id {watched} GROUP BY parent_id
+"""
+TASK_VERSIONS_SQLITE = _TASK_VERSIONS.format(watched="IN (SELECT value FROM json_each(:ids))")
+TASK_VERSIONS_POSTGRES = _TASK_VERSIONS.format(watched="= ANY(:ids)")
 
 COUNT_BY_WORKFLOW_STATUS = "SELECT workflow, status, count(*) AS n FROM tasks GROUP BY workflow, status"
 OLDEST_PENDING = "SELECT min(created_at) FROM tasks WHERE status = 'PENDING'"
