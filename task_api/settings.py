@@ -41,6 +41,10 @@ class ApiSettings(BaseSettings):
     # How often each replica re-reads the tasks its event streams watch, for other replicas'
     # changes that no NOTIFY announces (one statement per pass for all its streams).
     events_recheck_s: float = Field(1.0, gt=0)
+    # Consumers report themselves this often (the API tells them); one silent for the TTL drops
+    # out of GET /api/consumers.
+    consumer_report_s: float = Field(5.0, ge=1)
+    consumer_ttl_s: float = Field(20.0, gt=0)
     retention_days: float = 30.0
     retention_interval_s: float = 3600.0
 
