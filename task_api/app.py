@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from task_api.auth import Authenticator
 from task_api.bodylimit import BodyLimitMiddleware
+from task_api.console import console_router
 from task_api.events import TaskEvents
 from task_api.fleet import Fleet
 from task_api.housekeeping import purge_forever, reap_forever
@@ -181,7 +182,11 @@ def create_app(
     # dependency and responses, and FastAPI 0.16x's include_router keeps a layer of lazily
     # resolved wrappers that every request walks (about 0.1 ms of a create on this machine).
     # The tag names the token a route takes; the OpenAPI document's security follows it.
-    for tag, router in (("operations", ops_router(svc)), ("producer", producer_router(svc)), ("consumer", consumer_router(svc)), ("admin", admin_router(svc))):
+    routers = (
+        ("operations", ops_router(svc)), ("producer", producer_router(svc)), ("consumer", consumer_router(svc)),
+        ("admin", admin_router(svc)), ("console", console_router(svc)),
+    )
+    for tag, router in routers:
         for route in router.routes:
             route.tags = [tag]
         app.router.routes.extend(router.routes)

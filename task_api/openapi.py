@@ -30,6 +30,10 @@ TAGS = [
         "description": "The fleet's consumers and per-workflow stats, and the operator console: an admin token.",
     },
     {
+        "name": "console",
+        "description": "The operator console at /ui: its page, static files and sign-in (an admin token, for a session cookie).",
+    },
+    {
         "name": "operations",
         "description": "Health, readiness, Prometheus metrics (`TASKFLEET_METRICS_TOKEN`, when set), local files.",
     },
