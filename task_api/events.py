@@ -46,6 +46,16 @@ class TaskEvents:
         self._watches: dict[str, set[TaskWatch]] = {}
         # Last version the recheck saw per watched task: its updated_at, and its stage tasks' latest.
         self._versions: dict[str, tuple[Any, Any]] = {}
+        self.closing = False
+
+    def close(self) -> None:
+        """End every stream (they send nothing more and return): the server is shutting down,
+        and it waits for open responses before it stops. EventSource clients reconnect, to
+        another replica or to this one once it is back."""
+        self.closing = True
+        for watches in self._watches.values():
+            for watch in watches:
+                watch.changed.set()
 
     def watch(self, task_id: str) -> TaskWatch:
         watch = TaskWatch(task_id)
@@ -103,6 +113,8 @@ async def task_stream(
         last = None
         while True:
             watch.changed.clear()
+            if events.closing and last is not None:
+                return
             body = await read(task_id)
             if body is None:
                 return
@@ -111,7 +123,7 @@ async def task_stream(
             if seen != last:
                 last = seen
                 yield f"event: task\ndata: {json.dumps(body, separators=(',', ':'), ensure_ascii=False)}\n\n"
-            if body["status"] in TERMINAL:
+            if body["status"] in TERMINAL or events.closing:
                 return
             if not await watch.wait(keepalive_s):
                 yield ": keep-alive\n\n"

@@ -155,3 +155,22 @@ async def test_recheck_wakes_only_watches_whose_task_changed(queue_db):
     events.unwatch(a)
     events.unwatch(b)
     assert events.streams == 0
+
+
+async def test_shutdown_ends_open_streams_instead_of_waiting_on_them(tmp_path):
+    """uvicorn waits for open responses before it stops: on SIGTERM the API ends its streams
+    (clients reconnect elsewhere) rather than hanging until it is killed."""
+    import signal
+
+    api = api_process(f"sqlite:///{tmp_path / 'tasks.db'}", tmp_path).start()
+    try:
+        async with ProducerClient(api.url) as producer:
+            created = await producer.submit("echo", {"data": "open"})
+        stream = Collector(api.url, created["task_id"])
+        assert (await stream.next())["status"] == "PENDING"
+        returncode = await asyncio.to_thread(api.terminate, 20)
+        assert returncode != -signal.SIGKILL, "the API had to be killed: an open stream held its shutdown"
+        assert await stream.next() is None  # the server closed the stream
+        await stream.task
+    finally:
+        api.kill()
