@@ -174,3 +174,31 @@ async def test_shutdown_ends_open_streams_instead_of_waiting_on_them(tmp_path):
         await stream.task
     finally:
         api.kill()
+
+
+@pytest.mark.parametrize("api_env", [SIGNALS_ONLY])
+async def test_a_pipelines_stream_follows_its_stages(api, producer, consumer):
+    """A stage task's change wakes its pipeline's stream: each stage is seen done, then the end."""
+    created = await producer.submit("echo_fanout", {"words": ["a", "b"]})
+    stream = Collector(api.url, created["task_id"])
+    body = await stream.next()
+    assert body["status"] == "PROCESSING" and [s["name"] for s in body["stages"]] == ["first", "each", "last"]
+
+    async def until(done_counts: list[int]) -> dict[str, Any]:
+        nonlocal body
+        while [s["completed"] for s in body["stages"]] != done_counts:
+            body = await stream.next()
+            assert body is not None, "the stream ended early"
+        return body
+
+    async def run_stage() -> None:
+        for task in await consumer.fetch(["echo"], limit=10, wait_s=5):
+            await consumer.complete(task["task_id"], task["lease"]["id"], {"data": task["input"]["data"]})
+
+    await run_stage()
+    assert (await until([1, 0, 0]))["stages"][1]["total"] == 2  # the map stage started, seen live
+    await run_stage()
+    assert (await until([1, 2, 0]))["status"] == "PROCESSING"
+    await run_stage()
+    assert (await until([1, 2, 1]))["status"] == "COMPLETED" and body["output"] == {"words": [{"data": "a"}, {"data": "b"}]}
+    assert await stream.next() is None
