@@ -112,7 +112,19 @@ async def test_console_signs_in_follows_cancels_and_previews(api, browser_page):
         await page.click("#cancel")
         await expect(page.locator(".status").first).to_have_text("CANCELLED")
         assert (await producer.get(doomed["task_id"]))["status"] == "CANCELLED"
-        await expect(page.locator("#retry")).to_be_visible()
+        # Retry puts it back in the queue, and the page follows it again.
+        await page.click("#retry")
+        await expect(page.locator(".status").first).to_have_text("PENDING")
+        assert (await producer.get(doomed["task_id"]))["status"] == "PENDING"
+
+        # A pipeline shows its stages, each linking to its tasks.
+        pipeline = await producer.submit("echo_fanout", {"words": ["x", "y"]})
+        await page.fill("#search-id", pipeline["task_id"])
+        await page.click("#search button")
+        stages = page.locator("section", has=page.locator("h3", has_text="Stages"))
+        await expect(stages).to_contain_text("first")
+        await expect(stages).to_contain_text("each")
+        await expect(stages.locator("a[href^='#/task/tsk_']")).to_have_count(1)
 
         # Consumers and their model servers.
         await page.click("nav a[href='#/consumers']")
