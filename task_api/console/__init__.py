@@ -14,6 +14,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from task_api.auth import CSRF_COOKIE, SESSION_COOKIE, SESSION_S
+from task_api.body import JsonBodyRoute
+from task_api.schemas import Text
 from task_api.services import Services
 from taskfleet.errors import NotFound, Unauthorized
 
@@ -35,11 +37,12 @@ HEADERS = {
 
 
 class Login(BaseModel):
-    token: str = Field(min_length=1, max_length=1000)
+    token: Text = Field(min_length=1, max_length=1000)
 
 
 def console_router(svc: Services) -> APIRouter:
-    router = APIRouter()
+    # The API's strict JSON reading: a lone surrogate in a token is a 400, not a failed encode.
+    router = APIRouter(route_class=JsonBodyRoute)
     auth = svc.auth
 
     @router.get("/ui", response_class=FileResponse)

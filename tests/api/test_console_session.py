@@ -32,6 +32,8 @@ async def test_login_sets_strict_httponly_cookie_and_writes_need_csrf(tmp_path):
     with api_process(f"sqlite:///{tmp_path / 'tasks.db'}", tmp_path, **env) as api:
         async with httpx.AsyncClient(base_url=api.url) as http:
             assert (await http.post("/ui/login", json={"token": "ptok"})).status_code == 401
+            surrogate = await http.post("/ui/login", content=b'{"token": "\\ud800"}', headers={"content-type": "application/json"})
+            assert surrogate.status_code == 400 and surrogate.json()["error"]["code"] == "invalid_json"
             assert (await http.get("/ui/session")).json() == {"open": False, "signed_in": False}
             login = await http.post("/ui/login", json={"token": "atok"})
             assert login.status_code == 204
