@@ -20,6 +20,7 @@ from taskfleet.states import TERMINAL
 log = logging.getLogger("taskfleet.api.events")
 
 KEEPALIVE_S = 15.0  # a comment line now and then, so proxies keep an idle stream open
+GONE = ("gone",)  # the version of a watched task that is no longer there (retention removed it)
 
 
 class TaskWatch:
@@ -83,8 +84,11 @@ class TaskEvents:
         replica's change (a task first seen here wakes too: its stream re-reads once)."""
         if not self._watches:
             return
-        versions = await store.task_versions(list(self._watches))
-        for task_id, version in versions.items():
+        ids = list(self._watches)
+        versions = await store.task_versions(ids)
+        for task_id in ids:
+            # A removed task wakes its streams too: they read it once more, find nothing, and end.
+            version = versions.get(task_id, GONE)
             if task_id in self._watches and self._versions.get(task_id) != version:
                 self._versions[task_id] = version
                 self.changed(task_id)

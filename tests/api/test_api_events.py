@@ -152,6 +152,10 @@ async def test_recheck_wakes_only_watches_whose_task_changed(queue_db):
     await queue_db.execute("UPDATE tasks SET updated_at = :t WHERE id = 'tsk_a'", {"t": now + 1})
     await events.recheck(queue_db)
     assert a.changed.is_set() and not b.changed.is_set()
+    a.changed.clear()
+    await queue_db.execute("DELETE FROM tasks WHERE id = 'tsk_b'")
+    await events.recheck(queue_db)
+    assert b.changed.is_set() and not a.changed.is_set()  # gone: its stream reads it and ends
     events.unwatch(a)
     events.unwatch(b)
     assert events.streams == 0
