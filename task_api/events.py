@@ -107,11 +107,15 @@ async def task_stream(
     task_id: str,
     read: Callable[[str], Awaitable[dict[str, Any] | None]],
     keepalive_s: float = KEEPALIVE_S,
+    max_s: float = 0.0,
 ) -> AsyncIterator[str]:
-    """``event: task`` with the task's JSON now and after each change, until it is terminal.
+    """``event: task`` with the task's JSON now and after each change, until it is terminal
+    (or, with ``max_s``, until the stream has been open that long: the client reconnects).
 
     ``read`` gives the task's current JSON (None once retention removed it). The watch is
     cleared before each read, so a change landing during the read is read again, not lost."""
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + max_s if max_s > 0 else float("inf")
     watch = events.watch(task_id)
     try:
         last = None
@@ -129,7 +133,10 @@ async def task_stream(
                 yield f"event: task\ndata: {json.dumps(body, separators=(',', ':'), ensure_ascii=False)}\n\n"
             if body["status"] in TERMINAL or events.closing:
                 return
-            if not await watch.wait(keepalive_s):
+            left = ends_at - loop.time()
+            if left <= 0:
+                return
+            if not await watch.wait(min(keepalive_s, left)) and loop.time() < ends_at:
                 yield ": keep-alive\n\n"
     finally:
         events.unwatch(watch)

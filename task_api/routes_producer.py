@@ -166,7 +166,7 @@ def producer_router(svc: Services) -> APIRouter:
     async def task_events(task_id: Text) -> StreamingResponse:
         await queue.get(task_id)  # an unknown task is a 404, not an empty stream
         return StreamingResponse(
-            task_stream(queue.events, task_id, detail_or_none),
+            task_stream(queue.events, task_id, detail_or_none, max_s=svc.settings.events_max_s),
             media_type="text/event-stream",
             # Proxies (nginx) must pass each event on as it comes, not buffer the stream.
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},

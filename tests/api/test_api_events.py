@@ -206,3 +206,13 @@ async def test_a_pipelines_stream_follows_its_stages(api, producer, consumer):
     await run_stage()
     assert (await until([1, 2, 1]))["status"] == "COMPLETED" and body["output"] == {"words": [{"data": "a"}, {"data": "b"}]}
     assert await stream.next() is None
+
+
+@pytest.mark.parametrize("api_env", [{**SIGNALS_ONLY, "TASKFLEET_EVENTS_MAX_S": "0.5"}])
+async def test_a_stream_open_past_its_limit_is_closed_and_a_new_one_starts_afresh(api, producer):
+    created = await producer.submit("echo", {"data": "long"})
+    stream = Collector(api.url, created["task_id"])
+    assert (await stream.next())["status"] == "PENDING"
+    assert await stream.next() is None  # closed while the task still waits: the client reconnects
+    again = Collector(api.url, created["task_id"])
+    assert (await again.next())["status"] == "PENDING"
