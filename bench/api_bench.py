@@ -1,6 +1,6 @@
 """Task API benchmark: no-op tasks through HTTP, on SQLite and Postgres. Prints its figures.
 
-  python bench/api_bench.py [--backend sqlite|postgres|both] [--only throughput,pickup,claim,idle]
+  python bench/api_bench.py [--backend sqlite|postgres|both] [--only throughput,pickup,claim,idle,events]
 
 - throughput: producers (2, each with 8 create requests in flight) create N echo tasks while
   consumers (2) fetch (limit 20) and complete them; tasks/s from the first create to the last
@@ -12,6 +12,8 @@
   each arrives: create-call start → task in the consumer's hands, p50 / p99.
 - claim (Postgres): fetch latency with 1k and with 1M tasks queued.
 - idle: CPU of the API process while 500 consumers long-poll an empty queue.
+- events: CPU of the API process while 500 event streams (GET /api/tasks/{id}/events, one per
+  PENDING task) stay open and nothing changes: keep-alives and the replica's shared recheck only.
 Each client process runs its own event loop, as separate consumer processes would.
 """
 
@@ -274,6 +276,53 @@ def idle_cpu(server, n: int, seconds: float) -> dict:
     return {"idle_pollers": n, "api_cpu_pct_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 2)}
 
 
+# -- idle event streams --------------------------------------------------------------------------
+def event_streams(url: str, ids: list[str], seconds: float, out: mp.Queue) -> None:
+    async def main():
+        limits = httpx.Limits(max_connections=len(ids) + 10, max_keepalive_connections=len(ids) + 10)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=None) as http:
+            opened = 0
+
+            async def stream(task_id):
+                nonlocal opened
+                async with http.stream("GET", f"/api/tasks/{task_id}/events") as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("event: task"):
+                            opened += 1
+                            if opened == len(ids):
+                                out.put("open")
+
+            readers = [asyncio.create_task(stream(i)) for i in ids]
+            await asyncio.sleep(seconds)
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    run(main())
+
+
+def events_cpu(server, n: int, seconds: float) -> dict:
+    async def create() -> list[str]:
+        async with ProducerClient(server.url) as producer:
+            tasks = []
+            for start in range(0, n, 100):
+                tasks += await producer.submit_many([{"workflow": "echo", "input": {"data": i}} for i in range(start, min(n, start + 100))])
+            return [t["task_id"] for t in tasks]
+
+    ids = run(create())
+    out: mp.Queue = mp.Queue()
+    proc = mp.Process(target=event_streams, args=(server.url, ids, seconds + 60, out))
+    proc.start()
+    out.get(timeout=60)  # every stream has its first event
+    time.sleep(2)
+    c0, t0 = cpu_seconds(server.process.pid), time.time()
+    time.sleep(seconds)
+    c1, t1 = cpu_seconds(server.process.pid), time.time()
+    proc.terminate()
+    proc.join()
+    return {"open_streams": n, "api_cpu_pct_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 2)}
+
+
 def bench_backend(backend: str, only: set[str], args) -> dict:
     results: dict = {"backend": backend}
     with tempfile.TemporaryDirectory() as tmp:
@@ -309,6 +358,8 @@ def bench_backend(backend: str, only: set[str], args) -> dict:
                     results["pickup"] = pickup(server.url, args.pickup_n, 100.0)
                 if "idle" in only:
                     results["idle"] = idle_cpu(server, 500, 20.0)
+                if "events" in only:
+                    results["events"] = events_cpu(server, 500, 20.0)
                 if "claim" in only and backend == "postgres":
                     run(fill_postgres(db_url, 1000))
                     results["claim_1k_queued"] = run(claim_latency(server.url, 300))
@@ -322,7 +373,7 @@ def bench_backend(backend: str, only: set[str], args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", default="both", choices=["sqlite", "postgres", "both"])
-    parser.add_argument("--only", default="throughput,pickup,claim,idle")
+    parser.add_argument("--only", default="throughput,pickup,claim,idle,events")
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8, help="create requests in flight per producer")

@@ -22,6 +22,7 @@ from consumer.fetch_loop import Capacity, FetchLoop
 from consumer.inputs import InputFetcher, max_bytes_from_mb
 from consumer.metrics import Metrics
 from consumer.model_client import ModelServerPool
+from consumer.presence import report_forever
 from consumer.registry import Runnable, resolve
 from consumer.settings import ConsumerSettings, url_setting
 from taskfleet.client import ApiTransport, ConsumerClient
@@ -136,6 +137,7 @@ class Consumer:
             self.client.consumer_id, ", ".join(self.runnables), self.settings.concurrency,
         )
         health = asyncio.create_task(self.capacity.refresh_loop(self.settings.health_ttl_s / 2))
+        presence = asyncio.create_task(report_forever(self.client, self.snapshot))
         refused: TokenRefused | None = None
         try:
             try:
@@ -146,11 +148,23 @@ class Consumer:
             await self._drain()
         finally:
             health.cancel()
-            await asyncio.gather(health, return_exceptions=True)
+            presence.cancel()
+            await asyncio.gather(health, presence, return_exceptions=True)
             await self.aclose()
         log.info("consumer %s stopped", self.client.consumer_id)
         if refused is not None:
             raise refused
+
+    def snapshot(self) -> dict[str, Any]:
+        """This consumer as its registry report shows it: workflows, load, model servers."""
+        return {
+            "workflows": sorted(self.runnables),
+            "concurrency": self.settings.concurrency,
+            "in_flight": len(self.attempts.running),
+            "model_servers": [
+                {**server, "workflow": kind} for kind, pool in self.pools.items() for server in pool.describe()
+            ],
+        }
 
     async def aclose(self) -> None:
         for pool in self.pools.values():

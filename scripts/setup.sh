@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything taskfleet needs on a fresh Debian machine: system packages (ffmpeg,
-# espeak-ng), a virtualenv in .venv with the project and all its extras. Idempotent: a second
+# espeak-ng, chromium), a virtualenv in .venv with the project and all its extras. Idempotent: a second
 # run with an unchanged pyproject.toml returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
+# The operator console's browser test (tests/api/test_console_browser.py) drives this one.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_apt[*]} from Debian"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+from types import FrameType
+from typing import Callable
 
 import uvicorn
 from uvicorn.config import LOG_LEVELS
@@ -18,6 +21,20 @@ from taskfleet.settings_check import exit_on_bad_settings, fail, warn_unknown_na
 
 PROG = "taskfleet api"
 KEEP_ALIVE_S = 30
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn's server, which also ends the open task event streams on SIGTERM / SIGINT: it
+    waits for every open response before it stops, and a stream would otherwise never end."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: the loop may be asleep in select(), so wake it to run this.
+        asyncio.get_running_loop().call_soon_threadsafe(self._on_exit)
+        super().handle_exit(sig, frame)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,10 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     # Idle connections stay open longer than the clients keep theirs (5 s), so a client never
     # sends a request on a connection the API is closing at that moment: a POST lost that way
     # could not be resent safely.
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, access_log=False, log_config=None,
         timeout_keep_alive=KEEP_ALIVE_S,
     )
+    ApiServer(config, on_exit=app.state.services.queue.events.close).run()
 
 
 if __name__ == "__main__":

@@ -16,11 +16,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from task_api.auth import Authenticator
 from task_api.bodylimit import BodyLimitMiddleware
+from task_api.console import console_router
+from task_api.events import TaskEvents
+from task_api.fleet import Fleet
 from task_api.housekeeping import purge_forever, reap_forever
 from task_api.metrics import ApiMetrics
 from task_api.openapi import install_openapi
 from task_api.pipeline_runs import PipelineRunner
 from task_api.queue import Queue
+from task_api.routes_admin import admin_router
 from task_api.routes_consumer import consumer_router
 from task_api.routes_ops import ops_router
 from task_api.routes_producer import producer_router
@@ -77,6 +81,7 @@ def create_app(
     auth = Authenticator(settings.token_sets, host=settings.host)
     store = open_store(settings.database_url)
     dispatcher = Dispatcher()
+    events = TaskEvents()
     metrics = ApiMetrics()
     guard = UrlGuard.from_setting(split_csv(settings.url_allowlist))
     webhooks = WebhookSender(
@@ -95,6 +100,7 @@ def create_app(
         on_finished=metrics.observe_finished,
         on_webhook=webhooks.poke,
         pipelines=runner,
+        events=events,
     )
     svc = Services(
         settings=settings,
@@ -105,6 +111,7 @@ def create_app(
         metrics=metrics,
         url_guard=guard,
         webhooks=webhooks,
+        fleet=Fleet(store, ttl_s=settings.consumer_ttl_s, report_every_s=settings.consumer_report_s),
         storage=storage if storage is not None else open_storage_for(settings),
     )
 
@@ -115,9 +122,10 @@ def create_app(
         loops = [
             asyncio.create_task(reap_forever(queue, metrics, settings.reap_interval_s)),
             asyncio.create_task(
-                purge_forever(queue, settings.retention_days * 86400, settings.retention_interval_s)
+                purge_forever(queue, svc.fleet, settings.retention_days * 86400, settings.retention_interval_s)
             ),
             asyncio.create_task(webhooks.run()),
+            asyncio.create_task(events.recheck_forever(store, settings.events_recheck_s)),
         ]
         # Everything made at start (routes, schemas, imported modules) lives as long as the
         # process: out of the collector's view, a full collection no longer walks it (a 50 ms
@@ -177,7 +185,11 @@ def create_app(
     # dependency and responses, and FastAPI 0.16x's include_router keeps a layer of lazily
     # resolved wrappers that every request walks (about 0.1 ms of a create on this machine).
     # The tag names the token a route takes; the OpenAPI document's security follows it.
-    for tag, router in (("operations", ops_router(svc)), ("producer", producer_router(svc)), ("consumer", consumer_router(svc))):
+    routers = (
+        ("operations", ops_router(svc)), ("producer", producer_router(svc)), ("consumer", consumer_router(svc)),
+        ("admin", admin_router(svc)), ("console", console_router(svc)),
+    )
+    for tag, router in routers:
         for route in router.routes:
             route.tags = [tag]
         app.router.routes.extend(router.routes)

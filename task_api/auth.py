@@ -1,11 +1,20 @@
-"""Bearer-token auth: producer, consumer and admin token sets; constant-time comparison."""
+"""Bearer-token auth: producer, consumer and admin token sets; constant-time comparison.
+
+The operator console signs in once with an admin token and then holds a session cookie instead
+(HttpOnly, SameSite=Strict): ``<expiry>.<HMAC of it keyed by that admin token>``, so any
+replica checks it without shared state and the token itself never reaches the browser's storage.
+A write made with the cookie must also carry ``X-CSRF-Token``, a second HMAC of the same
+expiry that the console reads from its own readable cookie (a signed double submit).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
 import socket
+import time
 from typing import Awaitable, Callable
 
 from fastapi import Request
@@ -16,6 +25,12 @@ log = logging.getLogger("taskfleet.api.auth")
 
 # Which token kinds each route kind accepts.
 ALLOWED = {"producer": ("producer", "admin"), "consumer": ("consumer", "admin"), "admin": ("admin",)}
+
+SESSION_COOKIE = "taskfleet_session"
+CSRF_COOKIE = "taskfleet_csrf"
+CSRF_HEADER = "x-csrf-token"
+SESSION_S = 12 * 3600
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def bind_addresses(host: str) -> list[str]:
@@ -67,6 +82,47 @@ class Authenticator:
                 found = kind
         return found
 
+    # -- the console's session --------------------------------------------------------------
+    def _admin_tokens(self) -> list[bytes]:
+        return [token for kind, token in self._tokens if kind == "admin"]
+
+    @staticmethod
+    def _sign(token: bytes, purpose: str, expiry: int) -> str:
+        return hmac.new(token, f"{purpose}:{expiry}".encode(), hashlib.sha256).hexdigest()
+
+    def open_session(self, presented: str, now: float | None = None) -> tuple[str, str] | None:
+        """(session cookie, CSRF token) for an admin token; None for any other."""
+        if self.kind_of(presented) != "admin":
+            return None
+        expiry = int((now or time.time()) + SESSION_S)
+        token = presented.encode()
+        return f"{expiry}.{self._sign(token, 'session', expiry)}", f"{expiry}.{self._sign(token, 'csrf', expiry)}"
+
+    def session_valid(self, cookie: str, csrf: str | None = None, now: float | None = None) -> bool:
+        """Whether ``cookie`` is a live session signed by a configured admin token (and, when
+        ``csrf`` is given, whether that is the session's CSRF token)."""
+        expiry_text, _, signature = cookie.partition(".")
+        if not expiry_text.isdigit() or int(expiry_text) < (now or time.time()):
+            return False
+        expiry = int(expiry_text)
+        valid = False
+        for token in self._admin_tokens():  # every one, as kind_of does
+            ok = hmac.compare_digest(signature.encode(), self._sign(token, "session", expiry).encode())
+            if ok and csrf is not None:
+                ok = hmac.compare_digest(csrf.encode(), f"{expiry}.{self._sign(token, 'csrf', expiry)}".encode())
+            valid = valid or ok
+        return valid
+
+    def _session_kind(self, request: Request) -> str | None:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            return None
+        if not self.session_valid(cookie):
+            raise Unauthorized("console session expired or invalid: sign in again")
+        if request.method not in SAFE_METHODS and not self.session_valid(cookie, request.headers.get(CSRF_HEADER, "")):
+            raise Forbidden("missing or wrong X-CSRF-Token for a console session", code="csrf_failed")
+        return "admin"
+
     def require(self, route_kind: str) -> Callable[[Request], Awaitable[None]]:
         allowed = ALLOWED[route_kind]
 
@@ -76,6 +132,8 @@ class Authenticator:
                 return
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
+            if not header and self._session_kind(request) in allowed:
+                return
             if scheme.lower() != "bearer" or not token:
                 raise Unauthorized("missing bearer token")
             kind = self.kind_of(token.strip())

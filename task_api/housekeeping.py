@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from task_api.fleet import Fleet
 from task_api.metrics import ApiMetrics
 from task_api.queue import Queue
 
 log = logging.getLogger("taskfleet.api.housekeeping")
+
+CONSUMER_RETENTION_S = 86400.0  # a consumer's row outlives its silence by a day, then goes
 
 
 async def reap_forever(queue: Queue, metrics: ApiMetrics, interval_s: float) -> None:
@@ -27,12 +30,13 @@ async def reap_forever(queue: Queue, metrics: ApiMetrics, interval_s: float) -> 
         await asyncio.sleep(interval_s)
 
 
-async def purge_forever(queue: Queue, retention_s: float, interval_s: float) -> None:
+async def purge_forever(queue: Queue, fleet: Fleet, retention_s: float, interval_s: float) -> None:
     while True:
         try:
             removed = await queue.purge_finished(retention_s)
             if removed:
                 log.info("retention removed %d finished tasks", removed)
+            await fleet.purge(CONSUMER_RETENTION_S)
         except Exception:
             log.exception("retention pass failed")
         await asyncio.sleep(interval_s)

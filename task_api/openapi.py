@@ -26,6 +26,14 @@ TAGS = [
         "description": "The consumers' long poll and lease-fenced writes: a consumer or an admin token.",
     },
     {
+        "name": "admin",
+        "description": "The fleet's consumers and per-workflow stats, and the operator console: an admin token.",
+    },
+    {
+        "name": "console",
+        "description": "The operator console at /ui: its page, static files and sign-in (an admin token, for a session cookie).",
+    },
+    {
         "name": "operations",
         "description": "Health, readiness, Prometheus metrics (`TASKFLEET_METRICS_TOKEN`, when set), local files.",
     },
@@ -129,7 +137,7 @@ def _apply_security(doc: dict[str, Any]) -> None:
     for path, operations in doc["paths"].items():
         for operation in operations.values():
             tags = operation.get("tags", [])
-            if "producer" in tags or "consumer" in tags:
+            if "producer" in tags or "consumer" in tags or "admin" in tags:
                 operation["security"] = [{BEARER: []}]
             elif path == "/metrics":
                 operation["security"] = [{}, {BEARER: []}]  # a token only when TASKFLEET_METRICS_TOKEN is set

@@ -17,6 +17,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
+from task_api.events import TaskEvents
 from task_api.pipeline_runs import Effects, PipelineRunner, stages_view
 from task_api.store import Row, Store, sql
 from task_api.wakeup import Dispatcher, Waiter
@@ -58,6 +59,7 @@ class Queue:
         on_finished: Callable[[Row], None] | None = None,
         on_webhook: Callable[[], None] | None = None,
         pipelines: PipelineRunner | None = None,
+        events: TaskEvents | None = None,
     ) -> None:
         self.store = store
         self._dispatcher = dispatcher
@@ -67,6 +69,7 @@ class Queue:
         self._on_finished = on_finished or (lambda row: None)
         self._on_webhook = on_webhook or (lambda: None)
         self.pipelines = pipelines or PipelineRunner({}, {})
+        self.events = events or TaskEvents()
         self._creates: Coalescer[dict[str, Any], tuple[Row, bool]] = Coalescer(self._create_together)
 
     # -- signals ------------------------------------------------------------------------------
@@ -83,6 +86,11 @@ class Queue:
             extra = {"task_id": row["id"], "workflow": row.get("workflow"), "status": row["status"], **context}
             log.info("task %s: %s", change, row["status"], extra=extra)
 
+    def _signal_changed(self, row: Row) -> None:
+        """Wake the event streams on this task, and on its pipeline (whose stages it shows)."""
+        self.events.changed(row["id"])
+        self.events.changed(row.get("parent_id"))
+
     def _signal_finished(self, row: Row) -> None:
         self._log_change(row, "ended")
         self._dispatcher.finished(row["id"])
@@ -96,9 +104,11 @@ class Queue:
         fresh: dict[str, int] = {}
         for row in effects.created + effects.restarted:
             fresh[row["workflow"]] = fresh.get(row["workflow"], 0) + 1
+            self._signal_changed(row)
         for workflow, count in fresh.items():
             self._signal_pending(workflow, count)
         if effects.ended is not None:
+            self._signal_changed(effects.ended)
             self._signal_finished(effects.ended)
 
     def _signal_later(self, workflow: str, delay_s: float) -> None:
@@ -293,6 +303,7 @@ class Queue:
         if row is None:
             current = await self.get(task_id)
             raise Conflict(f"task is {current['status']} and cannot be cancelled", code="invalid_state")
+        self._signal_changed(row)
         return row
 
     async def _cancel_in_pipeline(self, params: dict[str, Any]) -> Row | None:
@@ -321,6 +332,7 @@ class Queue:
         if row is None:
             row = await self._retry_pipeline(task_id)
             if row is not None:
+                self._signal_changed(row)
                 return row
             current = await self.get(task_id)
             if current["parent_id"] is not None:
@@ -330,6 +342,7 @@ class Queue:
             raise Conflict(f"task is {current['status']}; only FAILED or CANCELLED tasks can be retried", code="invalid_state")
         self._log_change(row, "retried")
         self._signal_pending(row["workflow"])
+        self._signal_changed(row)
         return row
 
     async def _retry_pipeline(self, task_id: str) -> Row | None:
@@ -406,6 +419,7 @@ class Queue:
         rows = await self.store.claim(params, names)
         for row in rows:
             self._log_change(row, f"leased to {consumer_id}")
+            self._signal_changed(row)
         return rows
 
     async def fetch(
@@ -470,6 +484,8 @@ class Queue:
         row = await self.store.fetchrow(sql.HEARTBEAT, params)
         if row is None:
             raise await self._fenced_miss(task_id)
+        if progress is not None:
+            self.events.changed(task_id)
         if row["cancel_requested"]:
             # The holder learns of the cancel now, and the task ends CANCELLED: its lease is
             # over, so whatever the holder writes afterwards is fenced off.
@@ -507,6 +523,7 @@ class Queue:
         }
 
     def _after_finish(self, row: Row, params: dict[str, Any]) -> None:
+        self._signal_changed(row)
         if row["status"] in TERMINAL:
             self._signal_finished(row)
         elif row["status"] == "PENDING":
@@ -605,6 +622,7 @@ class Queue:
             row = await self._in_pipeline(task_id, lambda tx: tx.release(staged), params["now"])
         if row is None:
             raise await self._fenced_miss(task_id)
+        self._signal_changed(row)
         if row["status"] == "PENDING":
             self._log_change(row, "released")
             self._signal_pending(row["workflow"])
@@ -623,6 +641,7 @@ class Queue:
             if row is not None:
                 moved.append(row)
         for row in moved:
+            self._signal_changed(row)
             if row["status"] == "PENDING":
                 self._log_change(row, "lease expired")
                 self._signal_pending(row["workflow"])

@@ -20,11 +20,13 @@ from task_api.schemas import (
     CompleteMany,
     CompleteManyResponse,
     CompleteRequest,
+    ConsumerReport,
     FailRequest,
     FetchResponse,
     HeartbeatRequest,
     HeartbeatResponse,
     LeaseRequest,
+    ReportAccepted,
     StatusResponse,
     Text,
     iso,
@@ -149,5 +151,11 @@ def consumer_router(svc: Services) -> APIRouter:
         row = await queue.release(task_id, body.lease_id)
         attempts.labels(row["workflow"], "released").inc()
         return JSONResponse(status_body(row))
+
+    @router.post("/api/comm/consumers/report", response_model=ReportAccepted)
+    async def report(body: ConsumerReport) -> JSONResponse:
+        """A consumer's report of itself and its model servers; the answer says when to send the next."""
+        await svc.fleet.report(body.model_dump())
+        return JSONResponse({"report_every_s": svc.fleet.report_every_s})
 
     return router

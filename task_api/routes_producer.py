@@ -7,10 +7,11 @@ from typing import Any, Optional
 
 from fastapi import APIRouter, Body, Depends, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from task_api.body import JsonBodyRoute
+from task_api.events import task_stream
 from task_api.queue import SYNC_PRIORITY, Queue, request_hash
 from task_api.schemas import (
     IDEMPOTENCY_KEY,
@@ -30,7 +31,7 @@ from task_api.schemas import (
     task_json,
 )
 from task_api.services import Services
-from taskfleet.errors import BadRequest, PayloadTooLarge, TaskfleetError
+from taskfleet.errors import BadRequest, NotFound, PayloadTooLarge, TaskfleetError
 from taskfleet.workflows import Workflow
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
@@ -139,14 +140,37 @@ def producer_router(svc: Services) -> APIRouter:
         created = any(c for _, c in results)
         return JSONResponse({"tasks": [task_json(r) for r, _ in results]}, status_code=201 if created else 200)
 
-    @router.get("/api/tasks/{task_id}", response_model=TaskWithHistory)
-    async def get_task(task_id: Text) -> JSONResponse:
+    async def task_detail(task_id: str) -> dict[str, Any]:
         row = await queue.get(task_id)
         body = {**task_json(row), "history": [attempt_json(r) for r in await queue.history(task_id)]}
         stages = await queue.stages(row)
         if stages is not None:  # a pipeline's GET adds its stages; other tasks' GET is unchanged
             body["stages"] = stages
-        return JSONResponse(body)
+        return body
+
+    @router.get("/api/tasks/{task_id}", response_model=TaskWithHistory)
+    async def get_task(task_id: Text) -> JSONResponse:
+        return JSONResponse(await task_detail(task_id))
+
+    async def detail_or_none(task_id: str) -> dict[str, Any] | None:
+        try:
+            return await task_detail(task_id)
+        except NotFound:  # removed by retention while watched
+            return None
+
+    @router.get(
+        "/api/tasks/{task_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "`event: task` with the task's JSON, now and on every change, until it is terminal"}},
+    )
+    async def task_events(task_id: Text) -> StreamingResponse:
+        await queue.get(task_id)  # an unknown task is a 404, not an empty stream
+        return StreamingResponse(
+            task_stream(queue.events, task_id, detail_or_none, max_s=svc.settings.events_max_s),
+            media_type="text/event-stream",
+            # Proxies (nginx) must pass each event on as it comes, not buffer the stream.
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     @router.get("/api/tasks", response_model=TaskPage)
     async def list_tasks(

@@ -196,6 +196,63 @@ class ErrorBody(BaseModel):
     error: ErrorInfo
 
 
+class ModelServerReport(Strict):
+    url: Text = Field(min_length=1, max_length=2048)
+    workflow: Text = Field(max_length=100, description="the model-server kind (face_swap, flux, tts, ...)")
+    status: Text = Field(max_length=100)
+    circuit: Optional[Text] = Field(None, max_length=20)
+    in_flight: int = Field(0, ge=0)
+    capacity: int = Field(1, ge=0)
+
+
+class ConsumerReport(Strict):
+    consumer_id: Text = Field(min_length=1, max_length=200)
+    host: Optional[Text] = Field(None, max_length=255)
+    workflows: list[Text] = Field(default_factory=list, max_length=100)
+    concurrency: int = Field(ge=0)
+    in_flight: int = Field(ge=0)
+    model_servers: list[ModelServerReport] = Field(default_factory=list, max_length=200)
+
+
+class ReportAccepted(BaseModel):
+    report_every_s: float
+
+
+class ConsumerView(ConsumerReport):
+    model_config = ConfigDict(extra="ignore")
+    started_at: str
+    last_seen: str
+
+
+class ConsumerList(BaseModel):
+    consumers: list[ConsumerView]
+
+
+class Percentiles(BaseModel):
+    p50: Optional[float]
+    p95: Optional[float]
+
+
+class WorkflowStats(BaseModel):
+    workflow: str
+    pending: int
+    processing: int
+    completed_5m: int
+    failed_5m: int
+    completed_1h: int
+    failed_1h: int
+    completed_per_min_5m: float
+    completed_per_min_1h: float
+    wait_s: Percentiles
+    run_s: Percentiles
+    oldest_pending_age_s: float
+
+
+class StatsResponse(BaseModel):
+    workflows: list[WorkflowStats]
+    generated_at: str
+
+
 def parse_body(model: type[M], raw: bytes) -> M:
     """A JSON body as ``model``, with the errors FastAPI would give: a request validation
     error whose locations start at ``body``; the text itself is refused as parse_json does."""

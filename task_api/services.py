@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from task_api.auth import Authenticator
+from task_api.fleet import Fleet
 from task_api.metrics import ApiMetrics
 from task_api.queue import Queue
 from task_api.settings import ApiSettings
@@ -23,4 +24,5 @@ class Services:
     metrics: ApiMetrics
     url_guard: UrlGuard
     webhooks: WebhookSender
+    fleet: Fleet
     storage: Any  # storage.Storage; typed loosely so the API imports without the storage extras

@@ -41,6 +41,16 @@ class ApiSettings(BaseSettings):
     max_wait_s: float = 60.0  # longest long-poll a fetch may ask for
     max_process_wait_s: float = 600.0
     reap_interval_s: float = 1.0
+    # How often each replica re-reads the tasks its event streams watch, for other replicas'
+    # changes that no NOTIFY announces (one statement per pass for all its streams).
+    events_recheck_s: float = Field(1.0, gt=0)
+    # Longest an event stream stays open before the API closes it (the client reconnects, as
+    # EventSource does by itself); 0: until the task ends.
+    events_max_s: float = Field(0.0, ge=0)
+    # Consumers report themselves this often (the API tells them); one silent for the TTL drops
+    # out of GET /api/consumers.
+    consumer_report_s: float = Field(5.0, ge=1)
+    consumer_ttl_s: float = Field(20.0, gt=0)
     retention_days: float = 30.0
     retention_interval_s: float = 3600.0
 

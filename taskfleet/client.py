@@ -296,5 +296,11 @@ class ConsumerClient(_Base):
             body["retry_after_s"] = retry_after_s
         return (await self._call("POST", f"/api/comm/task/{task_id}/fail", json=body)).json()
 
+    async def report(self, report: dict[str, Any]) -> float:
+        """Tell the API this consumer is alive, with its load and model servers (``consumer_id``
+        and ``host`` filled in); returns how many seconds to wait before the next report."""
+        body = {"consumer_id": self.consumer_id, "host": self.host, **report}
+        return float((await self._call("POST", "/api/comm/consumers/report", json=body)).json()["report_every_s"])
+
     async def release(self, task_id: str, lease_id: str) -> dict[str, Any]:
         return (await self._call("POST", f"/api/comm/task/{task_id}/release", json={"lease_id": lease_id})).json()

@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(wait_healthy(services, args.start_timeout))
         workflows = set(next(s for s in services if s.name.startswith("consumer")).env["TASKFLEET_WORKFLOWS"].split(","))
         print(f"\ntask API: http://127.0.0.1:{args.port}  (docs at /docs) · workflows: {', '.join(sorted(workflows))}")
+        print(f"console:  http://127.0.0.1:{args.port}/ui")
         if args.demo:
             ok = asyncio.run(demo(f"http://127.0.0.1:{args.port}", workflows, Path(args.data_dir) / "demo", args.tiny_flux))
         if args.exit_after_demo:

@@ -10,9 +10,12 @@ thread, Postgres one statement with data-modifying CTEs, one round trip. The sta
 from __future__ import annotations
 
 import abc
+import json
 from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from typing import Any, Callable, Iterable
+
+from task_api.store import sql
 
 Row = dict[str, Any]
 Listener = Callable[[str, str], None]  # (channel, payload)
@@ -145,3 +148,20 @@ class Store(abc.ABC):
     async def claim_webhooks(self, params: dict[str, Any]) -> list[Row]:
         """Take up to ``params["limit"]`` due webhook deliveries, pushing their next_at past
         ``params["inflight_s"]`` so no other sender takes them meanwhile."""
+
+    # -- reads whose parameters differ by dialect ------------------------------------------------
+    async def task_versions(self, ids: list[str]) -> dict[str, tuple[Any, Any]]:
+        """For each of ``ids`` that exists: (its updated_at, its stage tasks' latest updated_at)."""
+        if self.dialect == "postgres":
+            rows = await self.fetch(sql.TASK_VERSIONS_POSTGRES, {"ids": ids})
+        else:
+            rows = await self.fetch(sql.TASK_VERSIONS_SQLITE, {"ids": json.dumps(ids)})
+        versions: dict[str, tuple[Any, Any]] = {}
+        for row in rows:
+            own, stages = versions.get(row["id"], (None, None))
+            if row["stages_at"] is None:
+                own = row["updated_at"]
+            else:
+                stages = row["stages_at"]
+            versions[row["id"]] = (own, stages)
+        return versions

@@ -43,7 +43,8 @@ PG_TYPES = {
     "now": "float8", "lease_s": "float8", "not_before": "float8", "cutoff": "float8",
     "inflight_s": "float8", "next_at": "float8", "timeout_s": "float8", "limit": "int", "cursor": "bigint",
     "retryable": "boolean", "any_workflow": "boolean", "give_up": "boolean", "in_pipeline": "boolean",
-    "workflows": "text[]", "status": "text", "workflow": "text", "outcome": "text",
+    "workflows": "text[]", "ids": "text[]", "since": "float8",
+    "since_short": "float8", "since_long": "float8", "status": "text", "workflow": "text", "outcome": "text",
     "output": "text", "error": "text", "progress": "text",
     # INSERT_TASKS_POSTGRES's columns, one array each
     "id_list": "text[]", "workflow_list": "text[]", "input_list": "text[]", "priority_list": "int[]",
@@ -561,6 +562,52 @@ DELETE FROM tasks WHERE seq IN (
     SELECT seq FROM tasks WHERE finished_at IS NOT NULL AND finished_at < :cutoff
       AND status IN {TERMINAL} LIMIT 1000)
 """
+
+# -- operator views ------------------------------------------------------------------------
+# A consumer's report: one upsert, one row per consumer (the first report sets started_at).
+REPORT_CONSUMER = """
+INSERT INTO consumers (consumer_id, host, report, started_at, last_seen)
+VALUES (:consumer_id, :host, :report, :now, :now)
+ON CONFLICT (consumer_id) DO UPDATE SET host = excluded.host, report = excluded.report, last_seen = excluded.last_seen
+"""
+LIVE_CONSUMERS = """
+SELECT consumer_id, host, report, started_at, last_seen FROM consumers
+WHERE last_seen >= :since ORDER BY consumer_id
+"""
+PURGE_CONSUMERS = "DELETE FROM consumers WHERE last_seen < :cutoff"
+
+# /api/stats: the open tasks through the status index, the finished ones of the last hour
+# through the finished_at index; neither reads older finished tasks.
+STATS_OPEN = """
+SELECT workflow, status, count(*) AS n, min(created_at) AS oldest FROM tasks
+WHERE status IN ('PENDING', 'PROCESSING') GROUP BY workflow, status
+"""
+STATS_FINISHED = """
+SELECT workflow,
+       sum(CASE WHEN status = 'COMPLETED' AND finished_at >= :since_short THEN 1 ELSE 0 END) AS completed_short,
+       sum(CASE WHEN status = 'FAILED' AND finished_at >= :since_short THEN 1 ELSE 0 END) AS failed_short,
+       sum(CASE WHEN status = 'COMPLETED' THEN 1 ELSE 0 END) AS completed_long,
+       sum(CASE WHEN status = 'FAILED' THEN 1 ELSE 0 END) AS failed_long
+FROM tasks WHERE finished_at >= :since_long GROUP BY workflow
+"""
+# The wait and run times behind the percentiles: the newest :limit completions of the window.
+STATS_DURATIONS = """
+SELECT workflow, started_at - created_at AS wait_s, finished_at - started_at AS run_s FROM tasks
+WHERE finished_at >= :since_long AND status = 'COMPLETED' AND started_at IS NOT NULL
+ORDER BY finished_at DESC LIMIT :limit
+"""
+
+# -- live events ----------------------------------------------------------------------------
+# The recheck behind the task event streams (task_api/events.py): each watched task's
+# updated_at, and its stage tasks' latest (a pipeline's stages change without touching it).
+# By primary key and the parent_id index: one statement per replica per pass, for all streams.
+_TASK_VERSIONS = """
+SELECT id, updated_at, NULL AS stages_at FROM tasks WHERE id {watched}
+UNION ALL
+SELECT parent_id, NULL, max(updated_at) FROM tasks WHERE parent_id {watched} GROUP BY parent_id
+"""
+TASK_VERSIONS_SQLITE = _TASK_VERSIONS.format(watched="IN (SELECT value FROM json_each(:ids))")
+TASK_VERSIONS_POSTGRES = _TASK_VERSIONS.format(watched="= ANY(:ids)")
 
 COUNT_BY_WORKFLOW_STATUS = "SELECT workflow, status, count(*) AS n FROM tasks GROUP BY workflow, status"
 OLDEST_PENDING_BY_WORKFLOW = (

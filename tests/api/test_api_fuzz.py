@@ -28,10 +28,10 @@ Draw = Callable[[st.SearchStrategy], Any]
 
 @pytest.fixture
 def api_env():
-    # Short waits so long polls and /process calls come back quickly; small caps so the
+    # Short waits so long polls, /process calls and event streams come back quickly; small caps so the
     # fuzzers reach the limits too.
     return {"TASKFLEET_MAX_BODY_MB": "0.05", "TASKFLEET_MAX_INPUT_MB": "0.1", "TASKFLEET_REAP_INTERVAL_S": "0.5",
-            "TASKFLEET_MAX_WAIT_S": "0.2", "TASKFLEET_MAX_PROCESS_WAIT_S": "0.2",
+            "TASKFLEET_MAX_WAIT_S": "0.2", "TASKFLEET_MAX_PROCESS_WAIT_S": "0.2", "TASKFLEET_EVENTS_MAX_S": "0.2",
             "TASKFLEET_PRODUCER_TOKENS": TOKENS["producer"], "TASKFLEET_CONSUMER_TOKENS": TOKENS["consumer"]}  # fmt: skip
 
 

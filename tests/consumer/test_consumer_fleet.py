@@ -347,3 +347,20 @@ async def test_consumer_token(stack_factory):
         stack.consumer("right", TASKFLEET_CONSUMER_TOKEN="ctok")
         done = await client.wait(task["task_id"], timeout=20)
     assert done["status"] == "COMPLETED" and done["consumer_id"] == "right", stack.logs()
+
+
+async def test_a_running_consumer_reports_itself_and_its_model_servers(stack, fake_servers):
+    server = fake_servers(capacity=2)
+    stack.consumer(**fake_env(server, TASKFLEET_CONCURRENCY=3))
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        while True:
+            listed = (await http.get("/api/consumers")).json()["consumers"]
+            if listed and listed[0]["model_servers"][0]["status"] == "healthy":
+                break
+            assert time.monotonic() < deadline, (listed, stack.logs())
+            await asyncio.sleep(0.2)
+    (consumer,) = listed
+    assert consumer["consumer_id"] == "consumer0" and consumer["workflows"] == ["fake_model"]
+    assert consumer["concurrency"] == 3 and consumer["in_flight"] == 0
+    assert [(s["url"], s["workflow"], s["capacity"]) for s in consumer["model_servers"]] == [(server.url, "fake", 2)]
