@@ -367,21 +367,25 @@ def _print_consumers(consumers: list[dict[str, Any]]) -> None:
 STAT_COLUMNS = (
     ("pending", "pending"), ("processing", "processing"),
     ("completed_5m", "done 5m"), ("completed_1h", "done 1h"), ("failed_5m", "failed 5m"), ("failed_1h", "failed 1h"),
-    ("wait_p50_s", "wait p50"), ("wait_p95_s", "wait p95"), ("run_p50_s", "run p50"), ("run_p95_s", "run p95"),
+    ("wait_s.p50", "wait p50"), ("wait_s.p95", "wait p95"), ("run_s.p50", "run p50"), ("run_s.p95", "run p95"),
     ("oldest_pending_age_s", "oldest pending"),
 )
 
 
+def _stat(row: dict[str, Any], key: str) -> Any:
+    # "wait_s.p50": the percentiles come nested under their measure in /api/stats.
+    value: Any = row
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def _print_stats(stats: dict[str, Any]) -> None:
-    # Per workflow, either as a list of rows naming their workflow or a mapping keyed by it.
-    rows = stats.get("workflows", stats)
-    if isinstance(rows, dict):
-        rows = [{"workflow": name, **values} for name, values in rows.items()]
     table = _table("stats", ["workflow", *(label for _, label in STAT_COLUMNS)])
-    for row in rows:
+    for row in stats["workflows"]:
         cells = []
         for key, _ in STAT_COLUMNS:
-            value = row.get(key)
-            cells.append(_ago(value) if key.endswith("_s") else str(value if value is not None else ""))
+            value = _stat(row, key)
+            cells.append(_ago(value) if key.split(".")[0].endswith("_s") else str(value if value is not None else ""))
         table.add_row(row["workflow"], *cells)
     _print(table)

@@ -1,8 +1,9 @@
 """The operator commands (`taskfleet tasks ...`, `consumers`, `stats`) as real processes against a
 real API, and every way they can fail: one or two lines on stderr, a non-zero exit, no traceback.
 
-`/api/tasks/{id}/events`, `/api/consumers` and `/api/stats` are served here by a small double in
-this process (ops_double) that follows CONTRACT §8, until those routes land in the API.
+`consumers` and `stats` run against a real API that a real consumer reports to. One test serves the
+events stream from a small double (ops_double) whose task is unknown to a plain GET, so that a
+watch passing there can only have read the stream.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, StreamingResponse
@@ -138,7 +140,7 @@ def test_every_command_and_flag_has_help():
         assert result.returncode == 0 and f"usage: taskfleet {' '.join(args)}" in result.stdout, result.stderr
 
 
-# A stand-in for the §8 routes still being built: the events stream, the consumer list and stats.
+# The events stream, the consumer list and stats in the API's shapes, for the double below.
 CONSUMER = {
     "consumer_id": "csm_double01", "host": "gpu-node-7", "workflows": ["face_swap"], "concurrency": 4,
     "in_flight": 2, "last_seen": "2026-12-01T16:00:00Z",
@@ -146,7 +148,7 @@ CONSUMER = {
 }
 STATS = {"workflows": [{
     "workflow": "face_swap", "pending": 41, "processing": 2, "completed_5m": 17, "completed_1h": 230,
-    "failed_5m": 1, "failed_1h": 3, "wait_p50_s": 1.5, "wait_p95_s": 9.25, "run_p50_s": 12.0, "run_p95_s": 30.5,
+    "failed_5m": 1, "failed_1h": 3, "wait_s": {"p50": 1.5, "p95": 9.25}, "run_s": {"p50": 12.0, "p95": 30.5},
     "oldest_pending_age_s": 64.0,
 }]}
 
@@ -208,3 +210,33 @@ def test_watch_reads_the_events_stream_and_consumers_and_stats_print_tables():
         assert json.loads(taskfleet("stats", "--json", "--api-url", double.url).stdout) == STATS
     # The admin token from TASKFLEET_ADMIN_TOKEN and from --token; none when neither is given.
     assert seen == ["Bearer adm", "", "Bearer adm", ""]
+
+
+def test_consumers_and_stats_print_what_the_real_api_knows(tmp_path):
+    tokens = {"TASKFLEET_PRODUCER_TOKENS": "prod", "TASKFLEET_CONSUMER_TOKENS": "cons", "TASKFLEET_ADMIN_TOKENS": "adm"}
+    with api_process(f"sqlite:///{tmp_path / 'tasks.db'}", tmp_path, **tokens) as api:
+        with consumer_process(api.url, tmp_path, "echo", TASKFLEET_CONSUMER_TOKEN="cons"):
+            done = taskfleet("submit", "echo", "--input", '{"data": 3, "sleep_s": 0.3}', "--wait", "--timeout", "60",
+                             "--api-url", api.url, "--token", "prod")
+            assert done.returncode == 0, done.stderr
+            deadline = time.monotonic() + 30
+            while True:  # the consumer reports itself on start and every few seconds
+                listed = taskfleet("consumers", "--json", "--api-url", api.url, TASKFLEET_ADMIN_TOKEN="adm")
+                assert listed.returncode == 0, listed.stderr
+                consumers = json.loads(listed.stdout)
+                if consumers or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert len(consumers) == 1 and consumers[0]["workflows"] == ["echo"], consumers
+            table = taskfleet("consumers", "--api-url", api.url, "--token", "adm")
+            assert table.returncode == 0, table.stderr
+            assert consumers[0]["consumer_id"] in table.stdout and consumers[0]["host"] in table.stdout
+            assert_short_failure(taskfleet("consumers", "--api-url", api.url, "--token", "prod"), "forbidden")
+
+            stats = json.loads(taskfleet("stats", "--json", "--api-url", api.url, "--token", "adm").stdout)
+            echo = next(row for row in stats["workflows"] if row["workflow"] == "echo")
+            assert echo["completed_5m"] == 1 and echo["pending"] == 0
+            table = taskfleet("stats", "--api-url", api.url, "--token", "adm")
+            assert table.returncode == 0, table.stderr
+            row = next(line for line in table.stdout.splitlines() if " echo " in line)
+            assert f"{echo['run_s']['p50']:.1f}s" in row, table.stdout
