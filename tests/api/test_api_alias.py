@@ -11,19 +11,14 @@ import json
 import httpx
 import pytest
 
-from webhook_receiver import Receiver, wait_for
+from webhook_receiver import Receiver, wait_for, webhook_api_env
 
 SECRET = "alias-hook-secret"
 
 
 @pytest.fixture
 def api_env():
-    return {
-        "TASKFLEET_WEBHOOK_SECRET": SECRET,
-        "TASKFLEET_WEBHOOK_RETRY_DELAYS": "0.3,0.6,1.2",
-        "TASKFLEET_URL_ALLOWLIST": "127.0.0.1",
-        "TASKFLEET_REAP_INTERVAL_S": "0.2",
-    }
+    return webhook_api_env(SECRET)
 
 
 @pytest.fixture

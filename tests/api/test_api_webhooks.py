@@ -10,19 +10,14 @@ import json
 import pytest
 
 from support import api_process, free_port
-from webhook_receiver import Receiver, wait_for
+from webhook_receiver import Receiver, wait_for, webhook_api_env
 
 SECRET = "hook-secret"
 
 
 @pytest.fixture
 def api_env():
-    return {
-        "TASKFLEET_WEBHOOK_SECRET": SECRET,
-        "TASKFLEET_WEBHOOK_RETRY_DELAYS": "0.3,0.6,1.2",
-        "TASKFLEET_URL_ALLOWLIST": "127.0.0.1",
-        "TASKFLEET_REAP_INTERVAL_S": "0.2",
-    }
+    return webhook_api_env(SECRET)
 
 
 async def test_signed_webhook_on_completion_with_retries(api, producer, consumer):

@@ -13,6 +13,16 @@ from fastapi.responses import Response
 from support import free_port
 
 
+def webhook_api_env(secret: str) -> dict[str, str]:
+    """The API settings a webhook test runs under: signed, fast retries, the loopback receiver allowed."""
+    return {
+        "TASKFLEET_WEBHOOK_SECRET": secret,
+        "TASKFLEET_WEBHOOK_RETRY_DELAYS": "0.3,0.6,1.2",
+        "TASKFLEET_URL_ALLOWLIST": "127.0.0.1",
+        "TASKFLEET_REAP_INTERVAL_S": "0.2",
+    }
+
+
 class Receiver:
     """Records every POST to /hook and fails the first ``fail_first`` of them."""
 
