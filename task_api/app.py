@@ -30,6 +30,7 @@ from task_api.routes_ops import ops_router
 from task_api.routes_producer import producer_router
 from task_api.services import Services
 from task_api.settings import ApiSettings, split_csv
+from task_api.store import faults as db_faults
 from task_api.store import open_store
 from task_api.wakeup import Dispatcher
 from task_api.webhooks import WebhookSender
@@ -54,9 +55,13 @@ HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, *, retry_after_s: float | None = None
+) -> JSONResponse:
     body = error_body(code, message, details)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, round(retry_after_s)))}
     return JSONResponse(jsonable_encoder(body, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}), status_code=status, headers=headers)
 
 
@@ -118,7 +123,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await store.connect()
-        await store.listen(dispatcher.on_notify)
+        await store.listen(dispatcher.on_notify, metrics.listen_connected.set)
         loops = [
             asyncio.create_task(reap_forever(queue, metrics, settings.reap_interval_s)),
             asyncio.create_task(
@@ -159,7 +164,9 @@ def create_app(
 
     @app.exception_handler(TaskfleetError)
     async def _taskfleet_error(_: Request, exc: TaskfleetError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(
+            exc.status, exc.code, exc.message, exc.details, retry_after_s=getattr(exc, "retry_after_s", None)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -178,6 +185,11 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # The stores translate their faults where they arise; a driver error that still got
+        # here (a path that bypassed them) is a 503 all the same, not a "broken" 500.
+        if (fault := db_faults.classify(exc)) is not None:
+            log.warning("database fault outside the store: %s", exc, exc_info=exc)
+            return error_response(fault.status, fault.code, fault.message, retry_after_s=fault.retry_after_s)
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal error")
 

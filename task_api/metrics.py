@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from task_api.queue import Queue
+from taskfleet.errors import CommitUnknown, DatabaseUnavailable
 
 
 class ApiMetrics:
@@ -29,13 +30,29 @@ class ApiMetrics:
         # prometheus-client exposes a counter as NAME_total plus a NAME_created timestamp: a counter
         # named *_created would export taskfleet_tasks_created_created beside it.
         self.created = Counter("taskfleet_tasks_accepted", "Tasks accepted", ["workflow"], registry=self.registry)
+        # Postgres only: 1 while the LISTEN connection is up; 0 while lost, when other replicas'
+        # changes reach this replica's parked fetches only through the reaper's periodic check.
+        self.listen_connected = Gauge(
+            "taskfleet_listen_connected", "1 while the database LISTEN connection is up (Postgres)",
+            registry=self.registry,
+        )
+        self.database_up = Gauge(
+            "taskfleet_database_up", "1 if the last metrics read of the database succeeded", registry=self.registry
+        )
 
     def observe_finished(self, row: dict) -> None:
         if row.get("started_at") and row.get("finished_at"):
             self.duration.labels(row["workflow"], row["status"]).observe(max(0.0, row["finished_at"] - row["started_at"]))
 
     async def render(self, queue: Queue) -> bytes:
-        stats = await queue.stats()
+        try:
+            stats = await queue.stats()
+        except (DatabaseUnavailable, CommitUnknown):
+            # While the database is away the process's own metrics still answer (the listen
+            # gauge above all); the task gauges keep their last values.
+            self.database_up.set(0)
+            return generate_latest(self.registry)
+        self.database_up.set(1)
         self.tasks.clear()
         depth = 0
         for workflow, status, n in stats["counts"]:

@@ -9,13 +9,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from task_api.services import Services
-from taskfleet.errors import NotFound, Unauthorized, Unavailable
+from taskfleet.errors import DatabaseUnavailable, NotFound, Unauthorized
 
 
 def ops_router(svc: Services) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/health")
+    @router.get("/health")  # the process alone: 200 while the database is down (see /ready)
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -24,7 +24,7 @@ def ops_router(svc: Services) -> APIRouter:
         try:
             await svc.queue.ping()
         except Exception as exc:
-            raise Unavailable(f"database unreachable: {exc}", code="database_unavailable") from None
+            raise DatabaseUnavailable(f"database unreachable: {exc}") from None
         return JSONResponse({"status": "ready"})
 
     @router.get("/metrics", responses={401: {"description": "metrics token required"}})

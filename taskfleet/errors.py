@@ -108,6 +108,28 @@ class Unavailable(TaskfleetError):
     code, status, retryable = "unavailable", 503, True
 
 
+class DatabaseUnavailable(Unavailable):
+    """The database could not be reached, or refused the statement before running it (restart,
+    shutdown, too many connections, a locked SQLite file): nothing was changed, resending is safe."""
+
+    code = "database_unavailable"
+    retry_after_s = 1
+
+
+class DatabaseFull(DatabaseUnavailable):
+    """The database's disk is full: the statement was rolled back; it succeeds once space returns."""
+
+    code = "database_full"
+
+
+class CommitUnknown(Unavailable):
+    """The connection was lost after a write was sent and before its answer came: the database
+    may have committed it. Resend only what is idempotent (a create with its idempotency key)."""
+
+    code = "commit_unknown"
+    retry_after_s = 1
+
+
 class UrlRefused(TaskfleetError):
     """A URL the system was asked to fetch fails the input-safety rules (docs/api.md, "Input safety")."""
 

@@ -44,10 +44,12 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def listen(self, listener: Listener) -> None:
+    async def listen(self, listener: Listener, connected: Callable[[bool], None] | None = None) -> None:
         """Call ``listener(channel, payload)`` for changes other processes made. The triggers
         NOTIFY ``taskfleet_pending`` (a workflow's task became claimable) and ``taskfleet_done``
-        (a task finished); the caller has already signalled the changes it made itself."""
+        (a task finished); the caller has already signalled the changes it made itself.
+        ``connected(up)`` hears when the listening connection is lost and when it is back (it
+        reconnects by itself; meanwhile only the caller's periodic re-check finds such work)."""
 
     @abc.abstractmethod
     async def ping(self) -> None: ...

@@ -14,10 +14,15 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 import asyncpg
 
-from task_api.store import sql
+from task_api.store import faults, sql
 from task_api.store.base import Listener, Row, Store, migrations
+from taskfleet.errors import CommitUnknown, DatabaseUnavailable
 
 log = logging.getLogger("taskfleet.api.db")
+
+
+LISTEN_APPLICATION_NAME = "taskfleet-listen"
+POOL_APPLICATION_NAME = "taskfleet-api"
 
 
 class PostgresStore(Store):
@@ -32,13 +37,16 @@ class PostgresStore(Store):
         self._listener: Listener | None = None
         self._conn: asyncpg.Connection | None = None  # set inside transaction()
         self._reconnect_task: asyncio.Task | None = None
+        self._listen_state: Callable[[bool], None] = lambda up: None
+        self._closing = False
         # Server PIDs of our pool's connections: NOTIFYs they caused were already signalled
         # in-process by the queue, which saves the round trip through the LISTEN connection.
         self._own_pids: set[int] = set()
 
     async def connect(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self.url, min_size=self._min, max_size=self._max, init=self._remember_backend, reset=_keep_session
+            self.url, min_size=self._min, max_size=self._max, init=self._remember_backend, reset=_keep_session,
+            server_settings={"application_name": POOL_APPLICATION_NAME},
         )
         async with self._pool.acquire() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", self.MIGRATION_LOCK)
@@ -62,6 +70,7 @@ class PostgresStore(Store):
             log.info("postgres schema migrated to version %s", version)
 
     async def close(self) -> None:
+        self._closing = True
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
         if self._listen_conn is not None:
@@ -75,11 +84,35 @@ class PostgresStore(Store):
         params = params or {}
         return text, [params[n] for n in names]
 
+    async def _run(self, method: str, query: str, args: list[Any]) -> Any:
+        """One statement on the transaction's connection, or on one from the pool, with the
+        driver's connection faults turned into the API's 503s (see faults.py)."""
+        conn = self._conn
+        if conn is not None:  # inside transaction(): nothing commits before its COMMIT
+            try:
+                return await getattr(conn, method)(query, *args)
+            except Exception as exc:
+                if (fault := faults.from_postgres(exc, maybe_committed=False)) is None:
+                    raise
+                raise fault from exc
+        try:
+            conn = await self._pool.acquire()
+        except Exception as exc:
+            if (fault := faults.from_connect(exc)) is None:
+                raise
+            raise fault from exc
+        try:
+            return await getattr(conn, method)(query, *args)
+        except Exception as exc:
+            if (fault := faults.from_postgres(exc, maybe_committed=faults.is_write(query))) is None:
+                raise
+            raise fault from exc
+        finally:
+            await self._pool.release(conn)
+
     async def fetch(self, query: str, params: dict[str, Any] | None = None) -> list[Row]:
         text, args = self._args(query, params)
-        if self._conn is not None:
-            return [dict(r) for r in await self._conn.fetch(text, *args)]
-        return [dict(r) for r in await self._pool.fetch(text, *args)]
+        return [dict(r) for r in await self._run("fetch", text, args)]
 
     async def fetch_custom_plan(self, query: str, params: dict[str, Any] | None = None) -> list[Row]:
         async with self.transaction() as tx:
@@ -92,46 +125,87 @@ class PostgresStore(Store):
 
     async def fetchval(self, query: str, params: dict[str, Any] | None = None) -> Any:
         text, args = self._args(query, params)
-        return await (self._conn or self._pool).fetchval(text, *args)
+        return await self._run("fetchval", text, args)
 
     async def execute(self, query: str, params: dict[str, Any] | None = None) -> int:
         text, args = self._args(query, params)
-        status = await (self._conn or self._pool).execute(text, *args)
+        status = await self._run("execute", text, args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
     async def executemany(self, query: str, rows: Iterable[dict[str, Any]]) -> None:
         text, names = sql.postgres(query)
-        await (self._conn or self._pool).executemany(text, [[r[n] for n in names] for r in rows])
+        await self._run("executemany", text, [[[r[n] for n in names] for r in rows]])
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator["PostgresStore"]:
-        async with self._pool.acquire() as conn:
-            async with conn.transaction():
-                bound = PostgresStore.__new__(PostgresStore)
-                bound.__dict__.update(self.__dict__)
-                bound._conn = conn
+        try:
+            conn = await self._pool.acquire()
+        except Exception as exc:
+            if (fault := faults.from_connect(exc)) is None:
+                raise
+            raise fault from exc
+        try:
+            tx = conn.transaction()
+            try:
+                await tx.start()
+            except Exception as exc:
+                if (fault := faults.from_postgres(exc, maybe_committed=False)) is None:
+                    raise
+                raise fault from exc
+            bound = PostgresStore.__new__(PostgresStore)
+            bound.__dict__.update(self.__dict__)
+            bound._conn = conn
+            try:
                 yield bound
+            except BaseException:
+                # On a lost connection the rollback fails too; the server rolls back on its own.
+                with contextlib.suppress(Exception):
+                    await tx.rollback()
+                raise
+            try:
+                await tx.commit()
+            except Exception as exc:
+                if (fault := faults.from_postgres(exc, maybe_committed=True)) is None:
+                    raise
+                raise fault from exc
+        finally:
+            await self._pool.release(conn)
 
-    async def listen(self, listener: Listener) -> None:
+    async def listen(self, listener: Listener, connected: Callable[[bool], None] | None = None) -> None:
         self._listener = listener
+        self._listen_state = connected or (lambda up: None)
         await self._open_listener()
+        self._listen_state(True)
 
     async def _open_listener(self) -> None:
-        conn = await asyncpg.connect(self.url)
+        # Named, so that an operator (or a test) can tell it from the pool's backends.
+        conn = await asyncpg.connect(self.url, server_settings={"application_name": LISTEN_APPLICATION_NAME})
 
         def forward(_conn: Any, pid: int, channel: str, payload: str) -> None:
             if pid not in self._own_pids:  # another replica's change (ours woke our waiters already)
                 self._listener(channel, payload)
 
-        for channel in ("taskfleet_pending", "taskfleet_done"):
-            await conn.add_listener(channel, forward)
+        try:
+            for channel in ("taskfleet_pending", "taskfleet_done"):
+                await conn.add_listener(channel, forward)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
         conn.add_termination_listener(lambda _c: self._on_listener_lost())
         self._listen_conn = conn
 
     def _on_listener_lost(self) -> None:
         # Wake-ups are an optimisation (the reaper's timer re-checks), but get them back.
+        if self._closing:
+            return
         if self._reconnect_task is None or self._reconnect_task.done():
+            log.warning(
+                "LISTEN connection lost: other replicas' changes now reach parked fetches only through the "
+                "reaper's periodic ready-check (TASKFLEET_REAP_INTERVAL_S) until it is back"
+            )
+            self._listen_state(False)
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -139,16 +213,19 @@ class PostgresStore(Store):
         while True:
             try:
                 await self._open_listener()
-                log.info("LISTEN connection re-established")
-                self._listener("taskfleet_pending", "")
-                return
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("LISTEN reconnect failed: %s", exc)
+            except Exception as exc:  # refused, starting up, timed out: the server is not back yet
+                log.warning("LISTEN reconnect failed (%s: %s); next try in %.1fs", type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
+                continue
+            log.info("LISTEN connection re-established")
+            self._listen_state(True)
+            # NOTIFYs sent while it was away are gone: every parked fetch looks again.
+            self._listener("taskfleet_pending", "")
+            return
 
     async def ping(self) -> None:
-        await self._pool.fetchval("SELECT 1")
+        await self._run("fetchval", "SELECT 1", [])
 
     # -- state changes: each one statement, one round trip -------------------------------------
     async def insert_tasks(self, params: list[dict[str, Any]]) -> list[Row | None]:
@@ -167,7 +244,12 @@ class PostgresStore(Store):
             # task now; the producer hears of it once it is flushed (the fetch's answer is
             # written meanwhile). Should Postgres crash first, the create fails (nothing
             # accepted is lost) and the consumer's lease on the vanished task is fenced.
-            await self.execute(sql.FLUSH_WAL_POSTGRES)
+            try:
+                await self.execute(sql.FLUSH_WAL_POSTGRES)
+            except DatabaseUnavailable as exc:
+                # The insert committed (unflushed) and the consumer has it: whether it survives
+                # depends on whether its WAL reached the disk, which nobody can tell now.
+                raise CommitUnknown(f"the task was written but its flush was not confirmed: {exc.message}") from exc
         return row
 
     async def claim(self, params: dict[str, Any], workflows: list[str]) -> list[Row]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable
 
 from task_api.store import sql
+from task_api.store.faults import SQLITE_GUARD
 from task_api.store.base import Listener, Row, Store, migrations
 from taskfleet.states import TERMINAL
 
@@ -98,22 +99,28 @@ class SqliteStore(Store):
             self._conn.close()  # the last connection to close checkpoints what is left
             self._conn = None
 
+    # Every call runs under SQLITE_GUARD: a full disk or a locked file answers 503 (faults.py).
     async def fetch(self, query: str, params: dict[str, Any] | None = None) -> list[Row]:
-        return [dict(r) for r in self._conn.execute(query, params or {})]
+        with SQLITE_GUARD:
+            return [dict(r) for r in self._conn.execute(query, params or {})]
 
     async def fetchrow(self, query: str, params: dict[str, Any] | None = None) -> Row | None:
-        row = self._conn.execute(query, params or {}).fetchone()
+        with SQLITE_GUARD:
+            row = self._conn.execute(query, params or {}).fetchone()
         return dict(row) if row is not None else None
 
     async def fetchval(self, query: str, params: dict[str, Any] | None = None) -> Any:
-        row = self._conn.execute(query, params or {}).fetchone()
+        with SQLITE_GUARD:
+            row = self._conn.execute(query, params or {}).fetchone()
         return None if row is None else row[0]
 
     async def execute(self, query: str, params: dict[str, Any] | None = None) -> int:
-        return self._conn.execute(query, params or {}).rowcount
+        with SQLITE_GUARD:
+            return self._conn.execute(query, params or {}).rowcount
 
     async def executemany(self, query: str, rows: Iterable[dict[str, Any]]) -> None:
-        self._conn.executemany(query, list(rows))
+        with SQLITE_GUARD:
+            self._conn.executemany(query, list(rows))
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator["SqliteStore"]:
@@ -123,19 +130,37 @@ class SqliteStore(Store):
         if self._conn.in_transaction:
             yield self
             return
-        self._conn.execute("BEGIN IMMEDIATE")
+        with SQLITE_GUARD:
+            self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        self._conn.execute("COMMIT")
+        try:
+            with SQLITE_GUARD:
+                self._conn.execute("COMMIT")
+        except BaseException:
+            # A COMMIT refused (disk full, busy) leaves the transaction open: end it, so that the
+            # next statement does not join a half-done one; nothing of it was committed.
+            self._rollback()
+            raise
 
-    async def listen(self, listener: Listener) -> None:
+    def _rollback(self) -> None:
+        # SQLite may have rolled back by itself (SQLITE_FULL does in some cases); a second
+        # ROLLBACK would raise over the error that matters.
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.warning("sqlite rollback failed: %s", exc)
+
+    async def listen(self, listener: Listener, connected: Callable[[bool], None] | None = None) -> None:
         """One process owns the file: the queue signals its waiters directly."""
 
     async def ping(self) -> None:
-        self._conn.execute("SELECT 1").fetchone()
+        with SQLITE_GUARD:
+            self._conn.execute("SELECT 1").fetchone()
 
     # -- state changes: each one transaction of several statements ----------------------------
     async def insert_tasks(self, params: list[dict[str, Any]]) -> list[Row | None]:
