@@ -44,6 +44,7 @@ TIMEOUT_MARGIN_S = 0.25
 MIN_HEARTBEAT_S = 0.2
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 PROGRESS_HEARTBEAT_MIN_S = 1.0  # progress changes are pushed at most this often
+HEARTBEAT_RETRY_S = 0.5  # the first retry of a failed heartbeat; doubling, up to the regular interval
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -246,8 +247,9 @@ class Attempts:
         interval = max(MIN_HEARTBEAT_S, lease_s / 3)
         lease_left_until = time.monotonic() + lease_s
         last_sent = time.monotonic()
+        retry_in: float | None = None  # set while heartbeats fail: the next try comes sooner
         while True:
-            next_due = last_sent + interval
+            next_due = last_sent + (interval if retry_in is None else min(interval, retry_in))
             try:
                 await asyncio.wait_for(running.progress_changed.wait(), timeout=max(0.0, next_due - time.monotonic()))
                 # Progress moved: push it soon, but not more than once a second per task.
@@ -268,8 +270,12 @@ class Attempts:
                     log.warning("no heartbeat got through before the lease ran out (%s); stopping work", exc)
                     running.stop("lease_lost")
                     return
-                log.warning("heartbeat failed (%s: %s); will retry", type(exc).__name__, exc)
+                # A 503 (database restarting) or a lost connection: try again soon, backing off
+                # (0.5 s, doubling), never later than the regular schedule would have.
+                retry_in = HEARTBEAT_RETRY_S if retry_in is None else retry_in * 2
+                log.warning("heartbeat failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, min(interval, retry_in))
                 continue
+            retry_in = None  # back on the regular schedule, counted from this heartbeat
             lease_left_until = time.monotonic() + max(0.0, _seconds_until(answer["lease_expires_at"]))
             if answer.get("cancel_requested"):
                 # The API has already ended the lease as CANCELLED; there is nothing left to report.

@@ -1,8 +1,14 @@
 """Async clients for the task API, built on httpx: one for producers, one for consumers.
 
 Retries live at the transport: a request that never reached the API (connection refused or
-timed out while connecting) is resent; anything that may have reached it is not, because the
-API's fencing would turn a blind resend of ``complete`` into a confusing ``lease_lost``.
+timed out while connecting) is resent by both clients. The producer client also rides out a
+database restart (``taskfleet.retry.ResendTransport``): it resends a ``503 database_unavailable``
+(the API did not act on it), and, for reads and creates only, a ``503 commit_unknown`` or a
+connection lost mid-answer. Every create carries an idempotency key -- the caller's, or one made
+per call of ``submit`` / per item of ``submit_many`` -- so a resend of a create that did commit
+answers the first task instead of making a second. The consumer client resends nothing that was
+answered: the API's fencing would turn a blind resend of ``complete`` into a confusing
+``lease_lost``; the consumer's own loops back off and retry (consumer/attempts.py).
 
 The bytes move through aiohttp (httpx-aiohttp's transport) under the httpx API: on the 2-core
 reference machine httpx's own httpcore stack costs about 0.95 ms of CPU per request against
@@ -24,10 +30,17 @@ from httpx_aiohttp import AiohttpTransport
 
 from taskfleet import errors
 from taskfleet.logs import stamp_context_headers
-from taskfleet.retry import connect_retry_transport
+from taskfleet.retry import RESEND_SAFE, ResendTransport, connect_retry_transport
 from taskfleet.states import TERMINAL
 
 PER_TASK_PATHS = ("/api/tasks", "/api/comm/task/fetch", "/api/comm/tasks/complete")
+_RESEND_SAFE = {RESEND_SAFE: True}  # a create with its idempotency key: twice answers the first task
+
+
+def new_idempotency_key() -> str:
+    """The key a create gets when its caller gave none: one per logical create, kept across the
+    client's resends of it."""
+    return f"auto-{uuid.uuid4().hex}"
 
 _BY_STATUS: dict[int, type[errors.TaskfleetError]] = {
     400: errors.BadRequest,
@@ -105,13 +118,17 @@ class _Base:
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        resend_for_s: float | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        stack: httpx.AsyncBaseTransport = connect_retry_transport(transport or ApiTransport(), total=5, backoff_factor=0.2)
+        if resend_for_s:
+            stack = ResendTransport(stack, budget_s=resend_for_s)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=timeout,
-            transport=connect_retry_transport(transport or ApiTransport(), total=5, backoff_factor=0.2),
+            transport=stack,
             trust_env=False,
         )
         # The per-task routes as absolute URLs, parsed once: httpx re-parses and joins a
@@ -135,6 +152,20 @@ class _Base:
 
 
 class ProducerClient(_Base):
+    """``resend_for_s``: how long a request is resent through 503s and lost answers (see the
+    module's docstring) before the error is the caller's; 0 turns that off."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        resend_for_s: float = 30.0,
+    ) -> None:
+        super().__init__(base_url, token, timeout=timeout, transport=transport, resend_for_s=resend_for_s)
+
     async def submit(
         self,
         workflow: str,
@@ -147,7 +178,11 @@ class ProducerClient(_Base):
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
+        """Create a task. Without ``idempotency_key`` one is made for this call (``auto-`` and a
+        random hex), so that the client's own resends can never create the task twice; pass
+        your own to make *your* retries (a new call, a restarted process) safe too."""
         body: dict[str, Any] = {"workflow": workflow, "input": input}
+        idempotency_key = idempotency_key or new_idempotency_key()
         optional = {
             "priority": priority,
             "max_attempts": max_attempts,
@@ -157,11 +192,14 @@ class ProducerClient(_Base):
             "idempotency_key": idempotency_key,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
-        return (await self._call("POST", "/api/tasks", json=body)).json()
+        return (await self._call("POST", "/api/tasks", json=body, extensions=_RESEND_SAFE)).json()
 
     async def submit_many(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Create several tasks in one request (all or none); each item is a create body."""
-        return (await self._call("POST", "/api/tasks/batch", json={"tasks": tasks})).json()["tasks"]
+        """Create several tasks in one request (all or none); each item is a create body. An
+        item without ``idempotency_key`` gets one made for it, as ``submit`` does."""
+        keyed = [task if task.get("idempotency_key") else {**task, "idempotency_key": new_idempotency_key()} for task in tasks]
+        response = await self._call("POST", "/api/tasks/batch", json={"tasks": keyed}, extensions=_RESEND_SAFE)
+        return response.json()["tasks"]
 
     async def get(self, task_id: str) -> dict[str, Any]:
         return (await self._call("GET", f"/api/tasks/{task_id}")).json()

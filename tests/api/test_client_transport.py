@@ -4,6 +4,7 @@ the server received and then dropped is not (the server may have acted on it).""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import httpx
@@ -31,9 +32,35 @@ async def test_dropped_after_the_request_went_out_is_not_resent():
     port = server.sockets[0].getsockname()[1]
     async with server, ProducerClient(f"http://127.0.0.1:{port}") as client:
         with pytest.raises(httpx.RemoteProtocolError):
-            await client.submit("echo", {})
+            await client.cancel("tsk_1")  # not safe twice: the API may have acted on it
     assert len(requests) == 1
-    assert requests[0].startswith(b"POST /api/tasks ")
+    assert requests[0].startswith(b"POST /api/tasks/tsk_1/cancel ")
+
+
+async def test_a_create_dropped_mid_answer_is_resent_with_the_same_idempotency_key():
+    bodies: list[dict] = []
+
+    async def drop_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1])
+        bodies.append(json.loads(await reader.readexactly(length)))
+        if len(bodies) <= 2:
+            writer.close()  # as a replica whose database restarted mid-commit
+            return
+        answer = b'{"task_id":"tsk_1","status":"PENDING"}'
+        writer.write(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(drop_twice, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, ProducerClient(f"http://127.0.0.1:{port}", resend_for_s=10) as client:
+        accepted = await client.submit("echo", {"n": 1})
+        await client.submit("echo", {"n": 2})
+    assert accepted == {"task_id": "tsk_1", "status": "PENDING"}
+    keys = [b["idempotency_key"] for b in bodies]
+    assert len(keys) == 4 and keys[0] == keys[1] == keys[2]  # one logical create: one key on every try
+    assert keys[3] != keys[0] and keys[0].startswith("auto-")  # the next create gets its own
 
 
 async def test_refused_connect_is_resent_until_the_api_listens():
