@@ -15,6 +15,7 @@ import logging
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from task_api.store import Store
+from taskfleet.errors import Unavailable
 from taskfleet.states import TERMINAL
 
 log = logging.getLogger("taskfleet.api.events")
@@ -97,6 +98,8 @@ class TaskEvents:
         while True:
             try:
                 await self.recheck(store)
+            except Unavailable as exc:
+                log.warning("event recheck skipped: %s", exc.message)
             except Exception:
                 log.exception("event recheck failed")
             await asyncio.sleep(interval_s)

@@ -12,6 +12,7 @@ import logging
 from task_api.fleet import Fleet
 from task_api.metrics import ApiMetrics
 from task_api.queue import Queue
+from taskfleet.errors import Unavailable
 
 log = logging.getLogger("taskfleet.api.housekeeping")
 
@@ -25,6 +26,8 @@ async def reap_forever(queue: Queue, metrics: ApiMetrics, interval_s: float) -> 
                 outcome = "timed_out" if '"timed_out"' in (row.get("error") or "") else "lease_expired"
                 metrics.attempts.labels(row["workflow"], outcome).inc()
             await queue.wake_ready()
+        except Unavailable as exc:  # the database is away: one line a pass, not a traceback
+            log.warning("reaper pass skipped: %s", exc.message)
         except Exception:
             log.exception("reaper pass failed")
         await asyncio.sleep(interval_s)
@@ -37,6 +40,8 @@ async def purge_forever(queue: Queue, fleet: Fleet, retention_s: float, interval
             if removed:
                 log.info("retention removed %d finished tasks", removed)
             await fleet.purge(CONSUMER_RETENTION_S)
+        except Unavailable as exc:
+            log.warning("retention pass skipped: %s", exc.message)
         except Exception:
             log.exception("retention pass failed")
         await asyncio.sleep(interval_s)

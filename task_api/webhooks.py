@@ -19,7 +19,7 @@ import httpx
 
 from task_api.schemas import task_json
 from task_api.store import Store, sql
-from taskfleet.errors import TaskfleetError
+from taskfleet.errors import TaskfleetError, Unavailable
 from taskfleet.urlguard import UrlGuard
 
 log = logging.getLogger("taskfleet.api.webhooks")
@@ -59,6 +59,9 @@ class WebhookSender:
         while True:
             try:
                 sent = await self.send_due()
+            except Unavailable as exc:
+                log.warning("webhook pass skipped: %s", exc.message)
+                sent = 0
             except Exception:  # the database is away for a moment: keep the loop alive
                 log.exception("webhook pass failed")
                 sent = 0
