@@ -194,3 +194,114 @@ async def test_while_the_database_is_down_every_route_answers_503_and_all_comes_
                 fresh = await http.post(a.url + "/api/tasks", json={"workflow": "echo", "input": {}})
                 got = await parked  # with the reaper's check a minute away, only a NOTIFY wakes it
                 assert got.status_code == 200 and got.json()["tasks"][0]["task_id"] == fresh.json()["task_id"]
+
+
+async def backends(database: str) -> dict[int, str]:
+    """pid -> application_name of the backends connected to ``database`` (ours alone)."""
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid, application_name FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", database
+        )
+        return {r["pid"]: r["application_name"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def admin(statement: str, *args) -> list:
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        return await conn.fetch(statement, *args)
+    finally:
+        await conn.close()
+
+
+async def terminate(database: str, application_name: str) -> set[int]:
+    """Terminate this test database's backends of one kind (never anyone else's)."""
+    rows = await admin(
+        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+        database, application_name,
+    )
+    assert rows, f"no {application_name} backend to terminate"
+    return {r["pid"] for r in rows}
+
+
+async def wait_for(condition, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)
+
+
+async def listen_connected(http: httpx.AsyncClient, replica) -> float | None:
+    return metric((await http.get(replica.url + "/metrics")).text, "taskfleet_listen_connected")
+
+
+async def test_terminated_pool_and_listen_backends_come_back_by_themselves(tmp_path):
+    with postgres_database() as url:
+        database = url.rsplit("/", 1)[1]
+        # No reaper pass for a minute: a wake-up across replicas below can only be a NOTIFY.
+        env = {"TASKFLEET_REAP_INTERVAL_S": "60"}
+        with api_process(url, tmp_path / "a", **env) as a, api_process(url, tmp_path / "b", **env) as b:
+            async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+                assert await listen_connected(http, a) == 1 and await listen_connected(http, b) == 1
+                pool = await terminate(database, "taskfleet-api")
+                listeners = await terminate(database, "taskfleet-listen")
+
+                async def listeners_back() -> bool:
+                    now = await backends(database)
+                    fresh = [p for p, name in now.items() if name == "taskfleet-listen" and p not in listeners]
+                    return len(fresh) == 2 and await listen_connected(http, a) == 1 and await listen_connected(http, b) == 1
+
+                await wait_for(listeners_back, "the LISTEN connections did not come back")
+
+                recording = Recording()
+                async with ProducerClient(a.url, transport=recording) as producer:
+                    parked = asyncio.create_task(
+                        http.get(b.url + "/api/comm/task/fetch", params={"consumer_id": "c", "wait_s": 20, "workflow": "echo"})
+                    )
+                    await asyncio.sleep(0.3)
+                    task = await producer.submit("echo", {"data": 1})
+                    got = await parked
+                    listed = await producer.list()
+            assert got.status_code == 200 and got.json()["tasks"][0]["task_id"] == task["task_id"]
+            assert [t["task_id"] for t in listed["items"]] == [task["task_id"]]
+            # The pool replaced its terminated connections itself: nothing but answers, never a 500.
+            assert {s for s in recording.seen} <= {(201, None), (200, None), (503, "database_unavailable")}, recording.seen
+            now = await backends(database)
+            assert any(name == "taskfleet-api" for name in now.values()) and not (pool & set(now))
+
+
+async def test_a_replica_whose_listen_connection_is_lost_falls_back_to_its_timer(tmp_path):
+    with postgres_database() as url:
+        database = url.rsplit("/", 1)[1]
+        # B's reaper checks for ready work every second: its fallback while LISTEN is away.
+        with api_process(url, tmp_path / "a", TASKFLEET_REAP_INTERVAL_S="60") as a, api_process(
+            url, tmp_path / "b", TASKFLEET_REAP_INTERVAL_S="1"
+        ) as b:  # fmt: skip
+            async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+                # New connections to this database are refused: the LISTEN ones cannot come back
+                # (the pools keep the connections they have).
+                await admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+                try:
+                    await terminate(database, "taskfleet-listen")
+
+                    async def lost() -> bool:
+                        return await listen_connected(http, b) == 0
+
+                    await wait_for(lost, "the lost LISTEN connection did not show in the metric")
+                    parked = asyncio.create_task(
+                        http.get(b.url + "/api/comm/task/fetch", params={"consumer_id": "c", "wait_s": 20, "workflow": "echo"})
+                    )
+                    await asyncio.sleep(0.3)
+                    created = await http.post(a.url + "/api/tasks", json={"workflow": "echo", "input": {}})
+                    got = await parked  # no NOTIFY reaches B now: its 1 s check finds the task
+                    assert got.status_code == 200 and got.json()["tasks"][0]["task_id"] == created.json()["task_id"]
+                    assert await listen_connected(http, b) == 0
+                finally:
+                    await admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+                async def back() -> bool:
+                    return await listen_connected(http, b) == 1
+
+                await wait_for(back, "the LISTEN connection did not come back")
