@@ -123,7 +123,14 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await store.connect()
-        await store.listen(dispatcher.on_notify, metrics.listen_connected.set)
+        def listen_state(up: bool) -> None:
+            metrics.listen_connected.set(up)
+            # Other replicas' changes reach this one's waiters only while it listens.
+            dispatcher.signals_complete = up
+
+        await store.listen(dispatcher.on_notify, listen_state)
+        if store.dialect == "sqlite":
+            dispatcher.signals_complete = True  # one process owns the file: it makes every change
         loops = [
             asyncio.create_task(reap_forever(queue, metrics, settings.reap_interval_s)),
             asyncio.create_task(

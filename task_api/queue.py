@@ -439,7 +439,13 @@ class Queue:
         while True:
             waiter = self._dispatcher.register(Waiter(names, consumer_id, host, gone))
             try:
-                rows = await self.claim(names, consumer_id=consumer_id, host=host, limit=limit)
+                # An idle fleet's polls park without a statement each (see Dispatcher.nothing_for).
+                if self._dispatcher.nothing_for(names):
+                    rows = []
+                else:
+                    mark = self._dispatcher.looking()
+                    rows = await self.claim(names, consumer_id=consumer_id, host=host, limit=limit)
+                    self._dispatcher.looked(names, mark, len(rows) < limit)
                 if rows:
                     if waiter.is_woken or len(rows) == limit:
                         # We consumed a wake meant for someone, or there may be more: pass it on.

@@ -73,6 +73,17 @@ class Dispatcher:
     def __init__(self) -> None:
         self._waiters: deque[Waiter] = deque()
         self._done: dict[str, list[asyncio.Event]] = {}
+        # What the last claims found, so that an idle fleet's polls cost the database nothing:
+        # every ``pending`` call counts as a change (``_version``), marking its workflow (or, for
+        # None, every workflow) changed; a claim that came back short marks the workflows it
+        # asked for as empty as of when it began. A fetch for workflows all empty since their
+        # last change parks without claiming. Trusted only while every change reaches
+        # ``pending``: on Postgres while the LISTEN connection is up (``signals_complete``).
+        self.signals_complete = False
+        self._version = 0
+        self._changed_at: dict[str, int] = {}
+        self._all_changed_at = 0
+        self._empty_at: dict[str, int] = {}
 
     # -- fetch side -----------------------------------------------------------------------
     def register(self, waiter: Waiter) -> Waiter:
@@ -98,6 +109,29 @@ class Dispatcher:
                 return waiter
         return None
 
+    def looking(self) -> int:
+        """Mark the start of a claim; pass the mark to ``looked``."""
+        return self._version
+
+    def looked(self, workflows: frozenset[str] | None, mark: int, short: bool) -> None:
+        """A claim begun at ``mark`` for ``workflows`` found less than it asked for: nothing
+        more of them was claimable then."""
+        if short and workflows is not None:
+            for workflow in workflows:
+                self._empty_at[workflow] = mark
+
+    def nothing_for(self, workflows: frozenset[str] | None) -> bool:
+        """Whether a claim for ``workflows`` would find nothing: each was found empty after its
+        last change. False whenever a change might have gone unseen."""
+        if not self.signals_complete or workflows is None:
+            return False
+        empty_at, changed_at, floor = self._empty_at, self._changed_at, self._all_changed_at
+        for workflow in workflows:
+            empty = empty_at.get(workflow, -1)
+            if empty < floor or empty < changed_at.get(workflow, 0):
+                return False
+        return True
+
     def unregister(self, waiter: Waiter) -> None:
         try:
             self._waiters.remove(waiter)
@@ -110,6 +144,11 @@ class Dispatcher:
 
     def pending(self, workflow: str | None = None, count: int = 1) -> int:
         """``count`` tasks of ``workflow`` (None: unknown) became claimable; how many woke."""
+        self._version += 1
+        if workflow is None:
+            self._all_changed_at = self._version
+        else:
+            self._changed_at[workflow] = self._version
         woken = 0
         for waiter in list(self._waiters):
             if woken >= count:
