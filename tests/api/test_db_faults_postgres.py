@@ -21,7 +21,7 @@ import pytest
 from pg_cluster import private_cluster
 from support import PG_ADMIN_URL, api_process, postgres_database
 from taskfleet.client import ApiTransport, ConsumerClient, ProducerClient
-from taskfleet.errors import TaskfleetError
+from taskfleet.errors import CommitUnknown, DatabaseUnavailable, TaskfleetError
 
 
 class Recording(httpx.AsyncBaseTransport):
@@ -305,3 +305,73 @@ async def test_a_replica_whose_listen_connection_is_lost_falls_back_to_its_timer
                     return await listen_connected(http, b) == 1
 
                 await wait_for(back, "the LISTEN connection did not come back")
+
+
+class DroppingProxy:
+    """A TCP proxy to the shared Postgres that, once armed, lets the next request through and
+    drops the database's answer with the connection: a write the server ran and committed, whose
+    confirmation never came back."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.dropped = 0
+
+    async def __aenter__(self) -> str:
+        host, port = PG_ADMIN_URL.split("@", 1)[1].split("/", 1)[0].split(":")
+        self._target = (host, int(port))
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(*self._target)
+
+        async def pump(reader, writer, answers: bool) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if answers and self.armed:
+                        self.armed = False
+                        self.dropped += 1
+                        break  # swallowed: the client never hears how its statement went
+                    writer.write(data)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                for w in (client_w, server_w):
+                    w.close()
+
+        await asyncio.gather(pump(client_r, server_w, False), pump(server_r, client_w, True))
+
+
+async def test_a_write_whose_answer_is_lost_is_commit_unknown_and_a_read_is_unavailable():
+    from task_api.queue import Queue
+    from task_api.store import PostgresStore
+    from task_api.wakeup import Dispatcher
+    from test_api_group_commit import spec
+
+    with postgres_database() as url:
+        proxy = DroppingProxy()
+        async with proxy as address:
+            store = PostgresStore(url.replace(url.split("@", 1)[1].split("/", 1)[0], address), min_size=1, max_size=1)
+            await store.connect()
+            queue = Queue(store, Dispatcher(), lease_s=30)
+            try:
+                await queue.create(**spec("first"))  # the insert is prepared on the one connection
+                proxy.armed = True
+                with pytest.raises(CommitUnknown):
+                    await queue.create(**spec("lost"))
+                assert proxy.dropped == 1
+                await store.ping()  # the pool has a new connection, by itself
+                proxy.armed = True
+                with pytest.raises(DatabaseUnavailable):  # a read that lost its answer changed nothing
+                    await queue.list(status=None, workflow=None, limit=10, cursor=None)
+                assert proxy.dropped == 2
+                rows = await queue.list(status=None, workflow=None, limit=10, cursor=None)
+            finally:
+                await queue.aclose()
+                await store.close()
+        # The "unknown" write did commit: exactly why it must not be answered as a plain failure.
+        assert len(rows[0]) == 2
