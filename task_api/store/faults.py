@@ -55,11 +55,20 @@ def from_postgres(exc: BaseException, *, maybe_committed: bool) -> Exception | N
         if maybe_committed and not _never_sent(exc):
             return CommitUnknown(f"the database connection was lost before the write was confirmed: {exc}")
         return DatabaseUnavailable(f"the database connection was lost: {exc}")
+    if isinstance(exc, asyncpg.InternalClientError):
+        # asyncpg's protocol state was left mid-operation by a connection the server dropped
+        # (seen after a restart): it refuses the call before sending anything.
+        return DatabaseUnavailable(f"the database connection is broken: {exc}")
     if isinstance(exc, _REFUSED_BY_POSTGRES):
         return DatabaseUnavailable(f"the database refused the statement: {exc}")
     if isinstance(exc, (OSError, TimeoutError)):
         return DatabaseUnavailable(f"the database is unreachable: {exc}")
     return None
+
+
+def is_broken(exc: BaseException) -> bool:
+    """Whether the connection that raised ``exc`` is unusable and must not go back to the pool."""
+    return isinstance(exc, asyncpg.InternalClientError)
 
 
 def from_connect(exc: BaseException) -> Exception | None:

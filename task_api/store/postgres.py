@@ -92,6 +92,8 @@ class PostgresStore(Store):
             try:
                 return await getattr(conn, method)(query, *args)
             except Exception as exc:
+                if faults.is_broken(exc):
+                    conn.terminate()  # its transaction is lost either way
                 if (fault := faults.from_postgres(exc, maybe_committed=False)) is None:
                     raise
                 raise fault from exc
@@ -104,6 +106,8 @@ class PostgresStore(Store):
         try:
             return await getattr(conn, method)(query, *args)
         except Exception as exc:
+            if faults.is_broken(exc):
+                conn.terminate()  # the pool opens a fresh one in its place
             if (fault := faults.from_postgres(exc, maybe_committed=faults.is_write(query))) is None:
                 raise
             raise fault from exc
@@ -150,6 +154,8 @@ class PostgresStore(Store):
             try:
                 await tx.start()
             except Exception as exc:
+                if faults.is_broken(exc):
+                    conn.terminate()
                 if (fault := faults.from_postgres(exc, maybe_committed=False)) is None:
                     raise
                 raise fault from exc
