@@ -29,6 +29,19 @@ class ApiMetrics:
         # prometheus-client exposes a counter as NAME_total plus a NAME_created timestamp: a counter
         # named *_created would export taskfleet_tasks_created_created beside it.
         self.created = Counter("taskfleet_tasks_accepted", "Tasks accepted", ["workflow"], registry=self.registry)
+        # Exported as taskfleet_compute_seconds_total: model-server slot seconds the consumers
+        # reported with their attempts' ends (complete and fail), by the task's workflow and producer.
+        self.compute = Counter(
+            "taskfleet_compute_seconds", "Model-server slot seconds reported by consumers",
+            ["workflow", "producer"], registry=self.registry,
+        )
+        self.expired = Counter(
+            "taskfleet_tasks_expired", "Tasks ended FAILED expired while PENDING", ["workflow"], registry=self.registry
+        )
+
+    def count_compute(self, row: dict, seconds: float) -> None:
+        if seconds > 0:
+            self.compute.labels(row["workflow"], row.get("producer") or "default").inc(seconds)
 
     def observe_finished(self, row: dict) -> None:
         if row.get("started_at") and row.get("finished_at"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any, Optional
 
@@ -20,6 +21,7 @@ from task_api.schemas import (
     CreateTasks,
     ErrorBody,
     FileUploaded,
+    SetPriority,
     Status,
     Task,
     TaskBatch,
@@ -31,7 +33,8 @@ from task_api.schemas import (
     task_json,
 )
 from task_api.services import Services
-from taskfleet.errors import BadRequest, NotFound, PayloadTooLarge, TaskfleetError
+from taskfleet.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, TaskfleetError
+from taskfleet.states import TERMINAL
 from taskfleet.workflows import Workflow
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
@@ -101,6 +104,7 @@ def producer_router(svc: Services) -> APIRouter:
             "idempotency_key": body.idempotency_key,
             "body_hash": request_hash(body.model_dump(exclude={"idempotency_key"})) if body.idempotency_key else None,
             "notify_done": notify_done,
+            "pending_ttl_s": body.expires_in_s or svc.settings.pending_ttl_s,
         }
 
     def count_created(results: list[tuple[dict, bool]]) -> None:
@@ -189,6 +193,45 @@ def producer_router(svc: Services) -> APIRouter:
     @router.post("/api/tasks/{task_id}/retry", response_model=Task)
     async def retry_task(task_id: Text) -> dict[str, Any]:
         return task_json(await queue.retry(task_id))
+
+    @router.post("/api/tasks/{task_id}/priority", response_model=Task)
+    async def set_priority(task_id: Text, body: SetPriority) -> dict[str, Any]:
+        """A PENDING task's new priority (the next claim orders by it); any other state is a
+        409 ``not_pending``."""
+        return task_json(await queue.set_priority(task_id, body.priority))
+
+    @router.post(
+        "/api/tasks/{task_id}/rerun", status_code=201, response_model=Task,
+        openapi_extra={"parameters": [IDEMPOTENCY_HEADER]},
+    )  # fmt: skip
+    async def rerun_task(request: Request, task_id: Text) -> JSONResponse:
+        """A new task with the finished task's workflow, input and settings (priority,
+        max_attempts, timeout_s, webhook_url, metadata, expires_in_s), ``rerun_of`` naming it;
+        a pipeline reruns as a whole pipeline. The input is checked again against the
+        workflow as it is now. An ``Idempotency-Key`` header makes the call safe to repeat."""
+        original = await queue.get(task_id)
+        if original["status"] not in TERMINAL:
+            raise Conflict(f"task is {original['status']}; only a finished task can be rerun", code="not_finished")
+        if original["parent_id"] is not None:
+            raise Conflict(f"task is a stage of pipeline {original['parent_id']}: rerun the pipeline", code="invalid_state")
+        workflow = svc.workflows.get(original["workflow"])
+        key = header_idempotency_key(request)
+        spec = {
+            "workflow": workflow.name,
+            "input": workflow.validate_input(json.loads(original["input"])),
+            "priority": original["priority"],
+            "max_attempts": original["max_attempts"],
+            "timeout_s": original["timeout_s"],
+            "webhook_url": original["webhook_url"],
+            "metadata": json.loads(original["metadata"]),
+            "idempotency_key": key,
+            "body_hash": request_hash({"rerun_of": task_id}) if key else None,
+            "pending_ttl_s": original["pending_ttl_s"],
+            "rerun_of": task_id,
+        }
+        row, created = await queue.create(**spec)
+        count_created([(row, created)])
+        return JSONResponse(task_json(row), status_code=201 if created else 200)
 
     @router.post(
         "/api/{route}/create-task", status_code=201, response_model=Accepted,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +51,9 @@ class ApiSettings(BaseSettings):
     # out of GET /api/consumers.
     consumer_report_s: float = Field(5.0, ge=1)
     consumer_ttl_s: float = Field(20.0, gt=0)
+    # How long a task may stay PENDING before it ends FAILED `expired`, where its create gives
+    # no expires_in_s; unset: as long as it takes.
+    pending_ttl_s: Optional[float] = Field(None, gt=0, le=366 * 86400)
     retention_days: float = 30.0
     retention_interval_s: float = 3600.0
 
@@ -67,6 +70,12 @@ class ApiSettings(BaseSettings):
     storage_url: str = Field(default_factory=lambda: f"file://{Path('var/storage').resolve()}")
     # Base URL at which this API is reached, for links to locally stored files.
     public_url: str = ""
+
+    @field_validator("pending_ttl_s", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # TASKFLEET_PENDING_TTL_S= (set, empty) reads as unset, as an unset variable does.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("database_url")
     @classmethod
