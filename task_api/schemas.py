@@ -98,6 +98,8 @@ class Task(BaseModel):
     parent_id: Optional[str] = None
     stage: Optional[str] = None
     index: Optional[int] = None
+    # The producer whose token created it (a stage task: its pipeline's); CONTRACT §9.
+    producer: str = "default"
 
 
 class StageView(BaseModel):
@@ -300,6 +302,7 @@ def task_json(row: dict[str, Any]) -> dict[str, Any]:
         "parent_id": row["parent_id"],
         "stage": row["stage"],
         "index": row["item_index"],
+        "producer": row["producer"],
     }
 
 
