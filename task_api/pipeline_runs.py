@@ -213,7 +213,8 @@ class PipelineRunner:
                 "max_attempts": stage.max_attempts or workflow.max_attempts,
                 "timeout_s": float(stage.timeout_s or workflow.timeout_s),
                 "metadata": pipeline["metadata"], "parent_id": pipeline["id"], "stage": stage.name,
-                "item_index": index, "pending_ttl_s": pipeline["pending_ttl_s"], "now": now,
+                "item_index": index, "pending_ttl_s": pipeline["pending_ttl_s"], "producer": pipeline["producer"],
+                "now": now,
             })  # fmt: skip
         return params
 

@@ -18,6 +18,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from task_api.events import TaskEvents
+from task_api.settings import DEFAULT_PRODUCER
 from task_api.pipeline_runs import Effects, PipelineRunner, stages_view
 from task_api.store import Row, Store, sql
 from task_api.wakeup import Dispatcher, Waiter
@@ -240,6 +241,7 @@ class Queue:
             "idempotency_key": spec["idempotency_key"],
             "request_hash": spec["body_hash"],
             "notify_done": int(spec.get("notify_done", False)),
+            "producer": spec.get("producer", DEFAULT_PRODUCER),
             # None: the task waits as long as it takes (no expires_in_s, no TASKFLEET_PENDING_TTL_S).
             "pending_ttl_s": spec.get("pending_ttl_s"),
             "rerun_of": spec.get("rerun_of"),
@@ -281,16 +283,16 @@ class Queue:
         return await self.store.fetch(sql.SELECT_ATTEMPTS, {"id": task_id})
 
     async def list(
-        self, *, status: str | None, workflow: str | None, limit: int, cursor: str | None
+        self, *, status: str | None, workflow: str | None, limit: int, cursor: str | None,
+        producer: str | None = None,
     ) -> tuple[list[Row], str | None]:
         try:
             after = int(cursor) if cursor else None
         except ValueError:
             raise BadRequest("cursor is not one this API issued", code="invalid_cursor") from None
-        statement = sql.LIST_TASKS[status is not None, workflow is not None, after is not None]
-        rows = await self.store.fetch_custom_plan(
-            statement, {"status": status, "workflow": workflow, "cursor": after, "limit": limit + 1}
-        )
+        statement = sql.LIST_TASKS[status is not None, workflow is not None, after is not None, producer is not None]
+        params = {"status": status, "workflow": workflow, "producer": producer, "cursor": after, "limit": limit + 1}
+        rows = await self.store.fetch_custom_plan(statement, params)
         next_cursor = str(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return rows[:limit], next_cursor
 

@@ -116,6 +116,8 @@ class Task(BaseModel):
     parent_id: Optional[str] = None
     stage: Optional[str] = None
     index: Optional[int] = None
+    # The producer whose token created it (a stage task: its pipeline's); CONTRACT §9.
+    producer: str = "default"
     # Issue 18: when a PENDING task expires (null: never), the task a rerun copied, compute used.
     expires_at: Optional[str] = None
     rerun_of: Optional[str] = None
@@ -339,6 +341,7 @@ def task_json(row: dict[str, Any]) -> dict[str, Any]:
         "parent_id": row["parent_id"],
         "stage": row["stage"],
         "index": row["item_index"],
+        "producer": row["producer"],
         "expires_at": iso(row["expires_at"]),
         "rerun_of": row["rerun_of"],
         "usage": _usage(row),

@@ -17,6 +17,22 @@ def split_csv(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
+# A producer token may be named (``web:tok1``); a bare one belongs to the producer ``default``.
+# Tasks an admin token (or the console) creates belong to ``admin``; in open mode to ``default``.
+DEFAULT_PRODUCER = "default"
+ADMIN_PRODUCER = "admin"
+
+
+def named_tokens(value: str | None) -> list[tuple[str, str]]:
+    """``web:tok1,tok2`` → [("web", "tok1"), ("default", "tok2")]: the name is what comes
+    before the first colon, so a token itself may hold colons only when it is named."""
+    pairs = []
+    for entry in split_csv(value):
+        name, colon, token = entry.partition(":")
+        pairs.append((name.strip(), token.strip()) if colon else (DEFAULT_PRODUCER, entry))
+    return pairs
+
+
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TASKFLEET_", extra="ignore")
 
@@ -90,10 +106,15 @@ class ApiSettings(BaseSettings):
     @property
     def token_sets(self) -> dict[str, list[str]]:
         return {
-            "producer": split_csv(self.producer_tokens),
+            "producer": [token for _, token in named_tokens(self.producer_tokens)],
             "consumer": split_csv(self.consumer_tokens),
             "admin": split_csv(self.admin_tokens),
         }
+
+    @property
+    def producer_names(self) -> dict[str, str]:
+        """Each producer token's producer name."""
+        return {token: name for name, token in named_tokens(self.producer_tokens)}
 
     @property
     def base_url(self) -> str:

@@ -175,8 +175,10 @@ class ProducerClient(_Base):
         workflow: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        producer: str | None = None,
     ) -> dict[str, Any]:
-        params = {k: v for k, v in {"status": status, "workflow": workflow, "limit": limit, "cursor": cursor}.items() if v is not None}
+        given = {"status": status, "workflow": workflow, "limit": limit, "cursor": cursor, "producer": producer}
+        params = {k: v for k, v in given.items() if v is not None}
         return (await self._call("GET", "/api/tasks", params=params)).json()
 
     async def cancel(self, task_id: str) -> dict[str, Any]:

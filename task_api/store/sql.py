@@ -29,7 +29,7 @@ TASK_COLUMNS = (
     "seq, id, workflow, status, input, output, error, progress, priority, attempts, max_attempts, "
     "timeout_s, webhook_url, metadata, idempotency_key, request_hash, consumer_id, lease_id, "
     "lease_expires_at, cancel_requested, created_at, updated_at, started_at, finished_at, "
-    "parent_id, stage, item_index, pending_ttl_s, expires_at, rerun_of, compute_s, usage_by_stage"
+    "parent_id, stage, item_index, producer, pending_ttl_s, expires_at, rerun_of, compute_s, usage_by_stage"
 )
 # A pipeline task's own columns, beside TASK_COLUMNS where the pipeline is advanced.
 PIPELINE_COLUMNS = "pipeline_def, stages_started"
@@ -45,13 +45,13 @@ PG_TYPES = {
     "retryable": "boolean", "any_workflow": "boolean", "give_up": "boolean", "in_pipeline": "boolean",
     "workflows": "text[]", "ids": "text[]", "since": "float8",
     "pending_ttl_s": "float8", "rerun_of": "text", "compute_s": "float8", "priority": "int", "until": "float8",
-    "since_short": "float8", "since_long": "float8", "status": "text", "workflow": "text", "outcome": "text",
+    "since_short": "float8", "since_long": "float8", "status": "text", "workflow": "text", "producer": "text", "outcome": "text",
     "output": "text", "error": "text", "progress": "text",
     # INSERT_TASKS_POSTGRES's columns, one array each
     "id_list": "text[]", "workflow_list": "text[]", "input_list": "text[]", "priority_list": "int[]",
     "max_attempts_list": "int[]", "timeout_s_list": "float8[]", "webhook_url_list": "text[]",
     "metadata_list": "text[]", "idempotency_key_list": "text[]", "request_hash_list": "text[]",
-    "notify_done_list": "int[]", "pending_ttl_s_list": "float8[]", "rerun_of_list": "text[]",
+    "notify_done_list": "int[]", "producer_list": "text[]", "pending_ttl_s_list": "float8[]", "rerun_of_list": "text[]",
     # COMPLETE_MANY_POSTGRES's items
     "lease_id_list": "text[]", "output_list": "text[]", "compute_s_list": "float8[]",
     # INSERT_STAGE_TASKS_POSTGRES's extra columns
@@ -81,9 +81,9 @@ def postgres(sql: str) -> tuple[str, tuple[str, ...]]:
 INSERT_TASK = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
-                   created_at, updated_at, pending_ttl_s, expires_at, rerun_of)
+                   created_at, updated_at, producer, pending_ttl_s, expires_at, rerun_of)
 VALUES (:id, :workflow, 'PENDING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
-        :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now,
+        :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now, :producer,
         :pending_ttl_s, :now + :pending_ttl_s, :rerun_of)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {TASK_COLUMNS}
@@ -96,10 +96,10 @@ _INSERT_LEASED = """
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
                    created_at, updated_at, lease_id, consumer_id, lease_expires_at, deadline_at,
-                   started_at, pending_ttl_s, expires_at, rerun_of)
+                   started_at, producer, pending_ttl_s, expires_at, rerun_of)
 VALUES (:id, :workflow, 'PROCESSING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
         :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now,
-        :lease_id, :consumer_id, :now + :lease_s, :now + :timeout_s, :now,
+        :lease_id, :consumer_id, :now + :lease_s, :now + :timeout_s, :now, :producer,
         :pending_ttl_s, :now + :pending_ttl_s, :rerun_of)
 ON CONFLICT (idempotency_key) DO NOTHING
 """
@@ -130,20 +130,20 @@ FLUSH_WAL_POSTGRES = "SELECT pg_logical_emit_message(true, 'taskfleet.flush', ''
 # list, is skipped and missing from RETURNING.
 INSERT_TASKS_COLUMNS = (
     "id", "workflow", "input", "priority", "max_attempts", "timeout_s", "webhook_url",
-    "metadata", "idempotency_key", "request_hash", "notify_done", "pending_ttl_s", "rerun_of",
+    "metadata", "idempotency_key", "request_hash", "notify_done", "producer", "pending_ttl_s", "rerun_of",
 )
 INSERT_TASKS_POSTGRES = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
-                   created_at, updated_at, pending_ttl_s, expires_at, rerun_of)
+                   created_at, updated_at, producer, pending_ttl_s, expires_at, rerun_of)
 SELECT r.id, r.workflow, 'PENDING', r.input, r.priority, r.max_attempts, r.timeout_s, r.webhook_url,
-       r.metadata, r.idempotency_key, r.request_hash, r.notify_done, :now, :now, :now,
+       r.metadata, r.idempotency_key, r.request_hash, r.notify_done, :now, :now, :now, r.producer,
        r.pending_ttl_s, :now + r.pending_ttl_s, r.rerun_of
 FROM unnest(:id_list, :workflow_list, :input_list, :priority_list, :max_attempts_list,
             :timeout_s_list, :webhook_url_list, :metadata_list, :idempotency_key_list,
-            :request_hash_list, :notify_done_list, :pending_ttl_s_list, :rerun_of_list) WITH ORDINALITY
+            :request_hash_list, :notify_done_list, :producer_list, :pending_ttl_s_list, :rerun_of_list) WITH ORDINALITY
      AS r(id, workflow, input, priority, max_attempts, timeout_s, webhook_url,
-          metadata, idempotency_key, request_hash, notify_done, pending_ttl_s, rerun_of, ord)
+          metadata, idempotency_key, request_hash, notify_done, producer, pending_ttl_s, rerun_of, ord)
 ORDER BY r.ord
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {TASK_COLUMNS}
@@ -157,21 +157,24 @@ FROM attempts WHERE task_id = :id ORDER BY started_at, lease_id
 """
 
 # Newest first; the cursor is the last seen seq.
-def _list_tasks(status: bool, workflow: bool, cursor: bool) -> str:
+def _list_tasks(status: bool, workflow: bool, cursor: bool, producer: bool = False) -> str:
     conditions = [c for c, on in (("status = :status", status), ("workflow = :workflow", workflow),
-                                  ("seq < :cursor", cursor)) if on]  # fmt: skip
+                                  ("producer = :producer", producer), ("seq < :cursor", cursor)) if on]  # fmt: skip
     where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
     return f"SELECT {TASK_COLUMNS} FROM tasks {where}ORDER BY seq DESC LIMIT :limit"
 
 
 # The task list, newest first, one statement per combination of filters given (status,
-# workflow, cursor), each answered in order by an index: the primary key (seq), (status, seq),
-# (workflow, seq), (workflow, status, seq). Run with PLAN_EACH_CALL on Postgres: a prepared
+# workflow, producer, cursor), each answered in order by an index: the primary key (seq),
+# (status, seq), (workflow, seq), (workflow, status, seq), (producer, seq), (producer, status,
+# seq); with both workflow and producer, the workflow's index, the producer checked on its rows
+# (a producer usually sends few workflows). Run with PLAN_EACH_CALL on Postgres: a prepared
 # statement's generic plan does not know which values it filters on, and for `workflow = $1
 # AND status = $2` it picks the primary key and filters, reading all 1M rows for a pair with
 # no task (100 ms per 300k rows), where the (workflow, status, seq) index reads none.
 LIST_TASKS = {
-    (s, w, c): _list_tasks(s, w, c) for s in (False, True) for w in (False, True) for c in (False, True)
+    (s, w, c, p): _list_tasks(s, w, c, p)
+    for s in (False, True) for w in (False, True) for c in (False, True) for p in (False, True)
 }
 PLAN_EACH_CALL = "SET LOCAL plan_cache_mode = force_custom_plan"
 
@@ -531,10 +534,10 @@ LOCK_PIPELINE_POSTGRES = f"{_PIPELINE_OF} FOR UPDATE"
 INSERT_PIPELINE_TASK = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
-                   created_at, updated_at, started_at, pipeline_def, stages_started, pending_ttl_s, rerun_of)
+                   created_at, updated_at, started_at, pipeline_def, stages_started, producer, pending_ttl_s, rerun_of)
 VALUES (:id, :workflow, 'PROCESSING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
         :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now, :now,
-        :pipeline_def, '[]', :pending_ttl_s, :rerun_of)
+        :pipeline_def, '[]', :producer, :pending_ttl_s, :rerun_of)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {TASK_COLUMNS}, {PIPELINE_COLUMNS}
 """
@@ -542,25 +545,25 @@ RETURNING {TASK_COLUMNS}, {PIPELINE_COLUMNS}
 # A stage's tasks: ordinary PENDING tasks that name their pipeline, stage and item.
 INSERT_STAGE_TASK_SQLITE = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, metadata,
-                   not_before, created_at, updated_at, parent_id, stage, item_index, pending_ttl_s, expires_at)
+                   not_before, created_at, updated_at, parent_id, stage, item_index, producer, pending_ttl_s, expires_at)
 VALUES (:id, :workflow, 'PENDING', :input, :priority, :max_attempts, :timeout_s, :metadata,
-        :now, :now, :now, :parent_id, :stage, :item_index, :pending_ttl_s, :now + :pending_ttl_s)
+        :now, :now, :now, :parent_id, :stage, :item_index, :producer, :pending_ttl_s, :now + :pending_ttl_s)
 RETURNING {TASK_COLUMNS}
 """
 INSERT_STAGE_TASKS_COLUMNS = (
     "id", "workflow", "input", "priority", "max_attempts", "timeout_s", "metadata", "parent_id", "stage", "item_index",
-    "pending_ttl_s",
+    "producer", "pending_ttl_s",
 )
 INSERT_STAGE_TASKS_POSTGRES = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, metadata,
-                   not_before, created_at, updated_at, parent_id, stage, item_index, pending_ttl_s, expires_at)
+                   not_before, created_at, updated_at, parent_id, stage, item_index, producer, pending_ttl_s, expires_at)
 SELECT r.id, r.workflow, 'PENDING', r.input, r.priority, r.max_attempts, r.timeout_s, r.metadata,
-       :now, :now, :now, r.parent_id, r.stage, r.item_index, r.pending_ttl_s, :now + r.pending_ttl_s
+       :now, :now, :now, r.parent_id, r.stage, r.item_index, r.producer, r.pending_ttl_s, :now + r.pending_ttl_s
 FROM unnest(:id_list, :workflow_list, :input_list, :priority_list, :max_attempts_list,
             :timeout_s_list, :metadata_list, :parent_id_list, :stage_list, :item_index_list,
-            :pending_ttl_s_list) WITH ORDINALITY
+            :producer_list, :pending_ttl_s_list) WITH ORDINALITY
      AS r(id, workflow, input, priority, max_attempts, timeout_s, metadata, parent_id, stage, item_index,
-          pending_ttl_s, ord)
+          producer, pending_ttl_s, ord)
 ORDER BY r.ord
 RETURNING {TASK_COLUMNS}
 """
@@ -687,7 +690,7 @@ FROM attempts a JOIN tasks t ON t.id = a.task_id
 WHERE a.compute_s > 0 AND a.ended_at >= :since AND a.ended_at < :until
 GROUP BY t.{column} ORDER BY compute_s DESC, key
 """
-USAGE_BY = {column: _USAGE.format(column=column) for column in ("workflow",)}
+USAGE_BY = {column: _USAGE.format(column=column) for column in ("producer", "workflow")}
 
 COUNT_BY_WORKFLOW_STATUS = "SELECT workflow, status, count(*) AS n FROM tasks GROUP BY workflow, status"
 OLDEST_PENDING_BY_WORKFLOW = (
