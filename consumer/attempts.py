@@ -28,7 +28,7 @@ from consumer.context import Progress, TaskContext
 from consumer.errors import ModelServerUnavailable, ProcessorError, TaskTimeout
 from consumer.inputs import InputFetcher
 from consumer.metrics import Metrics
-from consumer.model_client import ModelServerPool
+from consumer.model_client import ComputeUsage, ModelServerPool
 from consumer.registry import Runnable
 from consumer.settings import ConsumerSettings
 from taskfleet.client import ConsumerClient
@@ -75,6 +75,8 @@ class Running:
     progress_changed: asyncio.Event = field(default_factory=asyncio.Event)
     # What the processor last reported through its TaskContext; heartbeats carry it.
     progress: Progress = field(default_factory=Progress)
+    # Model-server slot seconds of this attempt, sent with its complete or fail.
+    usage: ComputeUsage = field(default_factory=ComputeUsage)
 
     @property
     def task_id(self) -> str:
@@ -224,10 +226,11 @@ class Attempts:
             metadata=task.get("metadata") or {},
             model_server_kind=kinds[0] if kinds else None,
             _fetcher=self.fetcher,
-            _pools={k: self.pools[k].client(self.settings.timeout_for(r.name)) for k in kinds},
+            _pools={k: self.pools[k].client(self.settings.timeout_for(r.name), running.usage) for k in kinds},
             _progress=running.progress,
             _cancel_requested=lambda: running.cancel_requested,
             _on_progress=on_progress,
+            _usage=running.usage,
         )
 
     async def _process(self, r: Runnable, ctx: TaskContext) -> dict[str, Any]:
@@ -298,7 +301,7 @@ class Attempts:
         if reason == "timeout":
             error = TaskTimeout(f"task ran past its timeout_s of {running.task.get('timeout_s')}s")
         if error is None:
-            await self._report(tid, "complete", lease, output=output)
+            await self._report(tid, "complete", lease, output=output, compute_s=running.usage.seconds)
             for kind in running.runnable.model_servers:
                 self.capacity.resume(kind)
             log.info("task completed")
@@ -319,6 +322,7 @@ class Attempts:
         await self._report(
             tid, "fail", lease, code=error.code, message=error.message[:2000],
             retryable=bool(error.retryable), retry_after_s=getattr(error, "retry_after_s", None),
+            compute_s=running.usage.seconds,
         )
         return "failed_retryable" if error.retryable else "failed"
 

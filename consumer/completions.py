@@ -24,7 +24,8 @@ ALONE_BYTES = 64 * 1024
 BATCH_BYTES = 256 * 1024
 BATCH_ITEMS = 100
 
-Item = tuple[str, str, Any, int, str | None]  # task_id, lease_id, output, its JSON size, the attempt's request id
+# task_id, lease_id, output, its JSON size, the attempt's request id, its compute seconds
+Item = tuple[str, str, Any, int, str | None, float]
 
 
 class CompletionBatcher:
@@ -34,11 +35,11 @@ class CompletionBatcher:
             self._send, max_items=BATCH_ITEMS, size=lambda item: item[3], max_size=BATCH_BYTES
         )
 
-    async def complete(self, task_id: str, lease_id: str, output: Any) -> dict[str, Any]:
+    async def complete(self, task_id: str, lease_id: str, output: Any, compute_s: float = 0.0) -> dict[str, Any]:
         size = len(json.dumps(output, default=str))
         if size > ALONE_BYTES:
-            return await self._client.complete(task_id, lease_id, output)
-        return await self._batches.submit((task_id, lease_id, output, size, request_id.get()))
+            return await self._client.complete(task_id, lease_id, output, compute_s)
+        return await self._batches.submit((task_id, lease_id, output, size, request_id.get(), compute_s))
 
     async def _send(self, batch: list[Item]) -> list[dict[str, Any] | Exception]:
         # A failed request (API down, 5xx…) raises here and reaches every caller in the batch,
@@ -49,7 +50,7 @@ class CompletionBatcher:
         alone = len(batch) == 1
         current_task_id.set(batch[0][0] if alone else None)
         request_id.set(batch[0][4] if alone else None)
-        results = await self._client.complete_many([(t, lease, out) for t, lease, out, _, _ in batch])
+        results = await self._client.complete_many([(t, lease, out, compute) for t, lease, out, _, _, compute in batch])
         answers: list[dict[str, Any] | Exception] = []
         for result in results:
             if result.get("error"):

@@ -18,7 +18,7 @@ from consumer.errors import NoModelServer, TaskCancelled
 
 if TYPE_CHECKING:
     from consumer.inputs import InputFetcher
-    from consumer.model_client import ModelServerPool
+    from consumer.model_client import ComputeUsage, ModelServerPool
     from storage import StoredObject
 
 
@@ -44,6 +44,7 @@ class TaskContext:
     _progress: Progress = field(default_factory=Progress)
     _cancel_requested: Callable[[], bool] = lambda: False
     _on_progress: Callable[[], Awaitable[None]] | None = None
+    _usage: "ComputeUsage | None" = None
     log: logging.LoggerAdapter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +65,13 @@ class TaskContext:
             raise TaskCancelled("cancel requested")
         if self._on_progress is not None:
             await self._on_progress()
+
+    def report_compute_s(self, seconds: object) -> None:
+        """Add model-server slot seconds that a server reported in its response body (a streamed
+        answer, whose headers went out before its slot was given back); ``X-Compute-Seconds``
+        headers are counted by the model-server client itself."""
+        if self._usage is not None:
+            self._usage.add(seconds)
 
     @property
     def cancel_requested(self) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -43,6 +44,28 @@ OUTAGE_EXCEPTIONS = (
     httpx.ReadError,
     httpx.WriteError,
 )
+
+
+COMPUTE_HEADER = "x-compute-seconds"  # model_servers/compute.py
+
+
+class ComputeUsage:
+    """One attempt's model-server slot seconds: every call's ``X-Compute-Seconds`` (retried
+    calls and error answers included), and what a processor reads from a streamed body
+    (``TaskContext.report_compute_s``). Sent with the attempt's complete or fail."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def add(self, value: object) -> None:
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return  # a server that does not report (or garbles it) adds nothing
+        if math.isfinite(seconds) and seconds > 0:
+            self.seconds += seconds
 
 
 class _Outage(Exception):
@@ -115,8 +138,8 @@ class ModelServerPool:
         if metrics is not None:
             metrics.watch_pool(self)
 
-    def client(self, timeout_s: float = 120.0) -> "ModelServerClient":
-        return ModelServerClient(self, timeout_s)
+    def client(self, timeout_s: float = 120.0, usage: ComputeUsage | None = None) -> "ModelServerClient":
+        return ModelServerClient(self, timeout_s, usage)
 
     async def aclose(self) -> None:
         for ep in self.endpoints:
@@ -223,10 +246,11 @@ def _retry_after(response: httpx.Response) -> float | None:
 class ModelServerClient:
     """``ctx.model_server``: plain ``request`` / ``stream`` calls with the fleet's failure rules."""
 
-    def __init__(self, pool: ModelServerPool, timeout_s: float) -> None:
+    def __init__(self, pool: ModelServerPool, timeout_s: float, usage: ComputeUsage | None = None) -> None:
         self.pool = pool
         self.kind = pool.kind
         self.timeout = httpx.Timeout(timeout_s, connect=min(pool.connect_timeout_s, timeout_s))
+        self.usage = usage if usage is not None else ComputeUsage()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One call, its response read whole; raises on anything but 2xx (see module doc)."""
@@ -296,6 +320,9 @@ class ModelServerClient:
                 outcome = "timeout"
                 raise ModelServerTimeout(f"{ep.url}{path} did not answer within {self.timeout.read}s") from exc
 
+            # Every answer's slot seconds count, an error's too: the device was used either way.
+            if (compute := response.headers.get(COMPUTE_HEADER)) is not None:
+                self.usage.add(compute)
             if response.is_success:
                 outcome = "ok"
                 ep.breaker.record_success()

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from model_servers.compute import ComputeHeaderMiddleware, meter
 from model_servers.metrics import install_metrics
 from taskfleet.errors import TaskfleetError, Unavailable, error_body
 from taskfleet.logs import RequestLogMiddleware
@@ -61,7 +62,8 @@ class Health(BaseModel):
 
 
 class GpuSlots:
-    """Requests queue here for the device instead of oversubscribing it."""
+    """Requests queue here for the device instead of oversubscribing it. The seconds a request
+    holds a slot go on its compute meter (model_servers/compute.py)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
@@ -69,23 +71,37 @@ class GpuSlots:
         self.in_flight = 0  # holding a slot
         self.waiting = 0  # queued for one
         self.on_wait: Callable[[float], None] | None = None  # given each request's wait, in seconds
+        self.on_held: Callable[[float], None] | None = None  # given each slot's held seconds
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        self.waiting += 1
-        queued = time.perf_counter()
+        request = meter()
+        if request is not None:
+            request.open += 1
         try:
-            await self._sem.acquire()
+            self.waiting += 1
+            queued = time.perf_counter()
+            try:
+                await self._sem.acquire()
+            finally:
+                self.waiting -= 1
+            held = time.perf_counter()
+            if self.on_wait is not None:
+                self.on_wait(held - queued)
+            self.in_flight += 1
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+                self._sem.release()
+                held_s = time.perf_counter() - held
+                if request is not None:
+                    request.seconds += held_s
+                if self.on_held is not None:
+                    self.on_held(held_s)
         finally:
-            self.waiting -= 1
-        if self.on_wait is not None:
-            self.on_wait(time.perf_counter() - queued)
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            self._sem.release()
+            if request is not None:
+                request.open -= 1
 
 
 class OutOfMemory(TaskfleetError):
@@ -174,6 +190,7 @@ class Ready(BaseModel):
 def install_common(app: FastAPI, state: ModelState) -> None:
     """Add /health, /ready, /metrics, request logging and the contract's error shape to a model server app."""
     install_metrics(app, state.slots)
+    app.add_middleware(ComputeHeaderMiddleware)
     # Added last, so outermost: its request id is in context while the rest runs.
     app.add_middleware(RequestLogMiddleware, logger="model_servers.http")
 

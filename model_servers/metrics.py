@@ -1,5 +1,6 @@
 """Prometheus metrics every model server exports at ``GET /metrics``: its device slots (held,
-queued, how long a request waited for one) and request seconds by route and status.
+queued, how long a request waited for one, seconds held in all) and request seconds by route
+and status.
 
 A registry per app, as the task API has: tests build many apps in one process.
 """
@@ -11,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
@@ -30,6 +31,11 @@ class ModelServerMetrics:
             registry=r, buckets=SECONDS,
         )
         slots.on_wait = self.slot_wait.observe
+        # The sum of what the answers' X-Compute-Seconds (or face swap's compute_s) report.
+        self.compute = Counter(
+            "taskfleet_model_server_compute_seconds", "Seconds requests held a device slot", registry=r
+        )
+        slots.on_held = self.compute.inc
         self.request_seconds = Histogram(
             "taskfleet_model_server_request_seconds", "HTTP requests by route template and status",
             ["route", "status"], registry=r, buckets=SECONDS,

@@ -83,7 +83,7 @@ def create_app(
     workflows = workflows or WorkflowRegistry.from_entry_points()
     definitions = pipeline_defs.load(workflows.names(), settings.pipelines_dir or None)
     runner = PipelineRunner(definitions, {wf.name: wf for wf in workflows.all()}, settings.max_fanout)
-    auth = Authenticator(settings.token_sets, host=settings.host)
+    auth = Authenticator(settings.token_sets, host=settings.host, producer_names=settings.producer_names)
     store = open_store(settings.database_url)
     dispatcher = Dispatcher()
     events = TaskEvents()

@@ -19,6 +19,7 @@ from typing import Awaitable, Callable
 
 from fastapi import Request
 
+from task_api.settings import ADMIN_PRODUCER, DEFAULT_PRODUCER
 from taskfleet.errors import ConfigError, Forbidden, Unauthorized
 
 log = logging.getLogger("taskfleet.api.auth")
@@ -55,9 +56,22 @@ def loopback_only(addresses: list[str]) -> bool:
     return bool(addresses) and all(is_loopback_address(a) for a in addresses)
 
 
+def producer_of(request: Request) -> str:
+    """The producer a request acts for (set by the producer routes' auth dependency)."""
+    return getattr(request.state, "producer", DEFAULT_PRODUCER)
+
+
 class Authenticator:
-    def __init__(self, token_sets: dict[str, list[str]], *, host: str) -> None:
+    def __init__(
+        self, token_sets: dict[str, list[str]], *, host: str, producer_names: dict[str, str] | None = None
+    ) -> None:
         self._tokens = [(kind, tok.encode()) for kind, toks in token_sets.items() for tok in toks]
+        # A producer token's producer, by index into _tokens (admin tokens act as ADMIN_PRODUCER).
+        names = producer_names or {}
+        self._names = [
+            names.get(tok.decode(), DEFAULT_PRODUCER) if kind == "producer" else ADMIN_PRODUCER
+            for kind, tok in self._tokens
+        ]
         self.open = not self._tokens
         if not self.open:
             return
@@ -73,13 +87,17 @@ class Authenticator:
         log.warning("!!! NO API TOKENS CONFIGURED: the task API is OPEN to anyone on %s (%s: loopback only) !!!", host, bound)
 
     def kind_of(self, presented: str) -> str | None:
+        return self.identify(presented)[0]
+
+    def identify(self, presented: str) -> tuple[str | None, str]:
+        """(token kind or None, the producer it acts for)."""
         # Compare against every token, without stopping early, so timing says nothing about
         # which token (or which prefix) matched.
         candidate = presented.encode()
-        found = None
-        for kind, token in self._tokens:
-            if hmac.compare_digest(candidate, token) and found is None:
-                found = kind
+        found: tuple[str | None, str] = (None, DEFAULT_PRODUCER)
+        for (kind, token), name in zip(self._tokens, self._names):
+            if hmac.compare_digest(candidate, token) and found[0] is None:
+                found = (kind, name)
         return found
 
     # -- the console's session --------------------------------------------------------------
@@ -133,10 +151,11 @@ class Authenticator:
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if not header and self._session_kind(request) in allowed:
+                request.state.producer = ADMIN_PRODUCER
                 return
             if scheme.lower() != "bearer" or not token:
                 raise Unauthorized("missing bearer token")
-            kind = self.kind_of(token.strip())
+            kind, request.state.producer = self.identify(token.strip())
             if kind is None:
                 raise Unauthorized("unknown token")
             if kind not in allowed:

@@ -1,4 +1,4 @@
-"""The API's own timers: lease expiry and timeouts, the fallback wake-up check, retention.
+"""The API's own timers: lease expiry and timeouts, pending TTL, the fallback wake-up check, retention.
 
 No external scheduler is needed; with several replicas each runs these, and the statements
 are written so that running them twice at once does no harm.
@@ -25,6 +25,10 @@ async def reap_forever(queue: Queue, metrics: ApiMetrics, interval_s: float) -> 
             for row in await queue.expire():
                 outcome = "timed_out" if '"timed_out"' in (row.get("error") or "") else "lease_expired"
                 metrics.attempts.labels(row["workflow"], outcome).inc()
+            # Tasks still PENDING past their expires_at end FAILED `expired`: the same pass on
+            # every replica, each task ended by exactly one of them (see sql.EXPIRE_PENDING_*).
+            for row in await queue.expire_pending():
+                metrics.expired.labels(row["workflow"]).inc()
             await queue.wake_ready()
         except Unavailable as exc:  # the database is away: one line a pass, not a traceback
             log.warning("reaper pass skipped: %s", exc.message)

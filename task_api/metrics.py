@@ -39,6 +39,19 @@ class ApiMetrics:
         self.database_up = Gauge(
             "taskfleet_database_up", "1 if the last metrics read of the database succeeded", registry=self.registry
         )
+        # Exported as taskfleet_compute_seconds_total: model-server slot seconds the consumers
+        # reported with their attempts' ends (complete and fail), by the task's workflow and producer.
+        self.compute = Counter(
+            "taskfleet_compute_seconds", "Model-server slot seconds reported by consumers",
+            ["workflow", "producer"], registry=self.registry,
+        )
+        self.expired = Counter(
+            "taskfleet_tasks_expired", "Tasks ended FAILED expired while PENDING", ["workflow"], registry=self.registry
+        )
+
+    def count_compute(self, row: dict, seconds: float) -> None:
+        if seconds > 0:
+            self.compute.labels(row["workflow"], row.get("producer") or "default").inc(seconds)
 
     def observe_finished(self, row: dict) -> None:
         if row.get("started_at") and row.get("finished_at"):

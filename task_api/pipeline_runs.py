@@ -65,8 +65,10 @@ class PipelineRunner:
         definition = from_json(pipeline["pipeline_def"])
         started: list[str] = json.loads(pipeline["stages_started"])
         counts: dict[str, dict[str, int]] = {}
+        usage: dict[str, float] = {}  # compute seconds by stage, for the pipeline's own usage
         for r in await tx.fetch(sql.STAGE_COUNTS, {"id": pipeline["id"]}):
             counts.setdefault(r["stage"], {})[r["status"]] = r["n"]
+            usage[r["stage"]] = usage.get(r["stage"], 0.0) + float(r["compute_s"] or 0.0)
 
         if any(c.get("FAILED") or c.get("CANCELLED") for c in counts.values()):
             ended = await tx.fetchrow(sql.FIRST_ENDED_STAGE_TASK, {"id": pipeline["id"]})
@@ -77,7 +79,7 @@ class PipelineRunner:
                 "message": f"stage {ended['stage']!r} task {ended['id']} {'failed' if failed else 'was cancelled'}: {cause.get('message', '')}",
                 "stage": ended["stage"], "task_id": ended["id"], "cause": cause,
             }  # fmt: skip
-            return await self.end(tx, pipeline, "FAILED" if failed else "CANCELLED", now, error=error, effects=effects)
+            return await self.end(tx, pipeline, "FAILED" if failed else "CANCELLED", now, error=error, effects=effects, usage=usage)
 
         scope: dict[str, Any] | None = None
         while True:
@@ -96,9 +98,9 @@ class PipelineRunner:
                         "message": f"stage {stage.name!r}: template path {exc.path!r} does not resolve ({exc.reason})",
                         "stage": stage.name, "path": exc.path,
                     }  # fmt: skip
-                    return await self.end(tx, pipeline, "FAILED", now, error=error, effects=effects, started=started)
+                    return await self.end(tx, pipeline, "FAILED", now, error=error, effects=effects, started=started, usage=usage)
                 except PipelineFault as exc:
-                    return await self.end(tx, pipeline, "FAILED", now, error=exc.error, effects=effects, started=started)
+                    return await self.end(tx, pipeline, "FAILED", now, error=exc.error, effects=effects, started=started, usage=usage)
                 rows = await tx.insert_stage_tasks(params)
                 effects.created.extend(rows)
                 started.append(stage.name)
@@ -117,13 +119,14 @@ class PipelineRunner:
                     "message": f"output: template path {exc.path!r} does not resolve ({exc.reason})",
                     "stage": None, "path": exc.path,
                 }  # fmt: skip
-                return await self.end(tx, pipeline, "FAILED", now, error=error, effects=effects, started=started)
-            return await self.end(tx, pipeline, "COMPLETED", now, output=output, effects=effects, started=started)
+                return await self.end(tx, pipeline, "FAILED", now, error=error, effects=effects, started=started, usage=usage)
+            return await self.end(tx, pipeline, "COMPLETED", now, output=output, effects=effects, started=started, usage=usage)
 
         progress = _progress(definition, started, counts)
         await tx.execute(
             sql.UPDATE_PIPELINE,
-            {"id": pipeline["id"], "stages_started": _dumps(started), "progress": _dumps(progress), "now": now},
+            {"id": pipeline["id"], "stages_started": _dumps(started), "progress": _dumps(progress), "now": now,
+             **_usage_params(usage)},
         )
         return effects
 
@@ -138,16 +141,22 @@ class PipelineRunner:
         error: dict[str, Any] | None = None,
         effects: Effects | None = None,
         started: list[str] | None = None,
+        usage: dict[str, float] | None = None,
     ) -> Effects:
         """End the pipeline (its webhook queued in the same commit); any other end cancels its
-        unfinished stage tasks."""
+        unfinished stage tasks. ``usage``: its stages' compute seconds, read here if not given."""
         effects = effects or Effects()
+        if usage is None:
+            usage = {}
+            for r in await tx.fetch(sql.STAGE_COUNTS, {"id": pipeline["id"]}):
+                usage[r["stage"]] = usage.get(r["stage"], 0.0) + float(r["compute_s"] or 0.0)
         progress = DONE_PROGRESS if status == "COMPLETED" else json.loads(pipeline["progress"])
         row = await tx.fetchrow(sql.END_PIPELINE, {
             "id": pipeline["id"], "status": status, "now": now, "progress": _dumps(progress),
             "output": _dumps(output) if status == "COMPLETED" else None,
             "error": _dumps(error) if error is not None else None,
             "stages_started": _dumps(started if started is not None else json.loads(pipeline["stages_started"])),
+            **_usage_params(usage),
         })  # fmt: skip
         if row is None:
             return effects
@@ -204,7 +213,8 @@ class PipelineRunner:
                 "max_attempts": stage.max_attempts or workflow.max_attempts,
                 "timeout_s": float(stage.timeout_s or workflow.timeout_s),
                 "metadata": pipeline["metadata"], "parent_id": pipeline["id"], "stage": stage.name,
-                "item_index": index, "now": now,
+                "item_index": index, "pending_ttl_s": pipeline["pending_ttl_s"], "producer": pipeline["producer"],
+                "now": now,
             })  # fmt: skip
         return params
 
@@ -238,6 +248,11 @@ async def stages_view(store: Store, task_id: str) -> list[dict[str, Any]] | None
             "completed": statuses.count("COMPLETED"), "total": len(rows),
         })  # fmt: skip
     return view
+
+
+def _usage_params(usage: dict[str, float]) -> dict[str, Any]:
+    """A pipeline's compute seconds (the sum of its stage tasks') and their split by stage."""
+    return {"compute_s": round(sum(usage.values()), 6), "usage_by_stage": _dumps({k: round(v, 6) for k, v in usage.items()})}
 
 
 def _stage_done(counts: dict[str, int]) -> bool:

@@ -18,6 +18,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from task_api.events import TaskEvents
+from task_api.settings import DEFAULT_PRODUCER
 from task_api.pipeline_runs import Effects, PipelineRunner, stages_view
 from task_api.store import Row, Store, sql
 from task_api.wakeup import Dispatcher, Waiter
@@ -240,6 +241,10 @@ class Queue:
             "idempotency_key": spec["idempotency_key"],
             "request_hash": spec["body_hash"],
             "notify_done": int(spec.get("notify_done", False)),
+            "producer": spec.get("producer", DEFAULT_PRODUCER),
+            # None: the task waits as long as it takes (no expires_in_s, no TASKFLEET_PENDING_TTL_S).
+            "pending_ttl_s": spec.get("pending_ttl_s"),
+            "rerun_of": spec.get("rerun_of"),
             "now": now,
         }
 
@@ -278,16 +283,16 @@ class Queue:
         return await self.store.fetch(sql.SELECT_ATTEMPTS, {"id": task_id})
 
     async def list(
-        self, *, status: str | None, workflow: str | None, limit: int, cursor: str | None
+        self, *, status: str | None, workflow: str | None, limit: int, cursor: str | None,
+        producer: str | None = None,
     ) -> tuple[list[Row], str | None]:
         try:
             after = int(cursor) if cursor else None
         except ValueError:
             raise BadRequest("cursor is not one this API issued", code="invalid_cursor") from None
-        statement = sql.LIST_TASKS[status is not None, workflow is not None, after is not None]
-        rows = await self.store.fetch_custom_plan(
-            statement, {"status": status, "workflow": workflow, "cursor": after, "limit": limit + 1}
-        )
+        statement = sql.LIST_TASKS[status is not None, workflow is not None, after is not None, producer is not None]
+        params = {"status": status, "workflow": workflow, "producer": producer, "cursor": after, "limit": limit + 1}
+        rows = await self.store.fetch_custom_plan(statement, params)
         next_cursor = str(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return rows[:limit], next_cursor
 
@@ -362,6 +367,16 @@ class Queue:
             current = effects.ended or await tx.fetchrow(sql.SELECT_TASK, {"id": task_id})
         self._signal_effects(effects)
         return current
+
+    async def set_priority(self, task_id: str, priority: int) -> Row:
+        """A PENDING task's new priority, which the next claim orders by; 409 for any other state."""
+        row = await self.store.fetchrow(sql.SET_PRIORITY, {"id": task_id, "priority": priority, "now": time.time()})
+        if row is None:
+            current = await self.get(task_id)
+            raise Conflict(f"task is {current['status']}; only a PENDING task's priority can change", code="not_pending")
+        self._log_change(row, f"priority set to {priority}")
+        self._signal_changed(row)
+        return row
 
     async def _in_pipeline(self, task_id: str, change: Callable[[Store], Any], now: float) -> Row | None:
         """Run a stage task's state change in its pipeline's transaction; if the task ends
@@ -513,6 +528,7 @@ class Queue:
         error: dict[str, Any] | None,
         retryable: bool = False,
         not_before: float | None = None,
+        compute_s: float = 0.0,
     ) -> dict[str, Any]:
         now = time.time()
         return {
@@ -526,6 +542,7 @@ class Queue:
             "retryable": retryable,
             "not_before": not_before if not_before is not None else now,
             "in_pipeline": False,
+            "compute_s": float(compute_s),
         }
 
     def _after_finish(self, row: Row, params: dict[str, Any]) -> None:
@@ -571,12 +588,15 @@ class Queue:
             self._signal_effects(effects)
         return rows
 
-    async def complete_many(self, items: list[tuple[str, str, Any]]) -> list[Row | Exception]:
+    async def complete_many(self, items: list[tuple[str, str, Any, float]]) -> list[Row | Exception]:
         """Complete several leases in one transaction; each is fenced on its own (a lost lease
-        is reported for that item and changes nothing, the others still complete)."""
+        is reported for that item and changes nothing, the others still complete). An item is
+        (task_id, lease_id, output, the attempt's compute seconds)."""
         all_params = [
-            self._finish_params(task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None)
-            for task_id, lease_id, output in items
+            self._finish_params(
+                task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None, compute_s=compute_s
+            )
+            for task_id, lease_id, output, compute_s in items
         ]
         rows = await self.store.complete_many(all_params)
         missed = [i for i, row in enumerate(rows) if row is None]
@@ -596,8 +616,10 @@ class Queue:
             results.append(row)
         return results
 
-    async def complete(self, task_id: str, lease_id: str, output: Any) -> Row:
-        return await self._finish(task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None)
+    async def complete(self, task_id: str, lease_id: str, output: Any, compute_s: float = 0.0) -> Row:
+        return await self._finish(
+            task_id, lease_id, outcome="completed", status="COMPLETED", output=output, error=None, compute_s=compute_s
+        )
 
     async def fail(
         self,
@@ -607,6 +629,7 @@ class Queue:
         error: dict[str, Any],
         retryable: bool,
         retry_after_s: float | None,
+        compute_s: float = 0.0,
     ) -> Row:
         not_before = None
         if retryable:
@@ -616,7 +639,7 @@ class Queue:
             not_before = time.time() + delay
         return await self._finish(
             task_id, lease_id, outcome="failed", status="FAILED", output=None, error=error,
-            retryable=retryable, not_before=not_before,
+            retryable=retryable, not_before=not_before, compute_s=compute_s,
         )
 
     async def release(self, task_id: str, lease_id: str) -> Row:
@@ -657,6 +680,21 @@ class Queue:
                     self._signal_finished(full)
         return moved
 
+    async def expire_pending(self) -> list[Row]:
+        """End every task still PENDING past its expires_at FAILED ``expired`` (a stage task
+        in its pipeline's transaction, which then ends the pipeline); returns the ended tasks."""
+        now = time.time()
+        ended = await self.store.expire_pending(now)
+        for due in await self.store.fetch(sql.SELECT_EXPIRED_PENDING_STAGE_TASKS, {"now": now}):
+            params = {"id": due["id"], "now": now}
+            row = await self._in_pipeline(due["id"], lambda tx, p=params: tx.expire_pending_one(p), now)
+            if row is not None:
+                ended.append(row)
+        for row in ended:
+            self._signal_changed(row)
+            self._signal_finished(row)
+        return ended
+
     async def wake_ready(self) -> None:
         """Wake parked fetches for claimable tasks no signal announced: a backoff that ended,
         a lost NOTIFY."""
@@ -676,6 +714,14 @@ class Queue:
             if n < 1000:
                 return total
             await asyncio.sleep(0)  # let requests through between batches
+
+    async def usage(self, group_by: str, since: float, until: float) -> list[dict[str, Any]]:
+        """Compute seconds of the attempts that ended in [since, until), by ``group_by``."""
+        rows = await self.store.fetch(sql.USAGE_BY[group_by], {"since": since, "until": until})
+        return [
+            {"key": r["key"], "compute_s": round(float(r["compute_s"]), 6), "attempts": r["attempts"], "tasks": r["tasks"]}
+            for r in rows
+        ]
 
     async def ping(self) -> None:
         """Raises unless the database answers."""

@@ -72,6 +72,7 @@ def consumer_router(svc: Services) -> APIRouter:
     router = APIRouter(dependencies=[Depends(svc.auth.require("consumer"))], responses=ERRORS, route_class=JsonBodyRoute)
     queue: Queue = svc.queue
     attempts = svc.metrics.attempts
+    count_compute = svc.metrics.count_compute
 
     @router.get(
         "/api/comm/task/fetch",
@@ -119,21 +120,23 @@ def consumer_router(svc: Services) -> APIRouter:
 
     @router.post("/api/comm/task/{task_id}/complete", response_model=StatusResponse)
     async def complete(task_id: Text, body: CompleteRequest) -> JSONResponse:
-        row = await queue.complete(task_id, body.lease_id, body.output)
+        row = await queue.complete(task_id, body.lease_id, body.output, body.compute_s)
         attempts.labels(row["workflow"], "completed").inc()
+        count_compute(row, body.compute_s)
         return JSONResponse(status_body(row))
 
     @router.post("/api/comm/tasks/complete", response_model=CompleteManyResponse)
     async def complete_many(body: CompleteMany) -> JSONResponse:
         """Several completions in one request and one transaction, each fenced on its own
         lease: a lost lease is reported for that item (``lease_lost``) and changes nothing."""
-        rows = await queue.complete_many([(i.task_id, i.lease_id, i.output) for i in body.items])
+        rows = await queue.complete_many([(i.task_id, i.lease_id, i.output, i.compute_s) for i in body.items])
         results = []
         for item, row in zip(body.items, rows):
             if isinstance(row, TaskfleetError):
                 results.append({"task_id": item.task_id, "error": {"code": row.code, "message": row.message}})
             else:
                 attempts.labels(row["workflow"], "completed").inc()
+                count_compute(row, item.compute_s)
                 results.append({"task_id": item.task_id, "status": row["status"]})
         return JSONResponse({"results": results})
 
@@ -141,9 +144,11 @@ def consumer_router(svc: Services) -> APIRouter:
     async def fail(task_id: Text, body: FailRequest) -> JSONResponse:
         error = {**body.error.model_dump(), "retryable": body.retryable}
         row = await queue.fail(
-            task_id, body.lease_id, error=error, retryable=body.retryable, retry_after_s=body.retry_after_s
+            task_id, body.lease_id, error=error, retryable=body.retryable, retry_after_s=body.retry_after_s,
+            compute_s=body.compute_s,
         )
         attempts.labels(row["workflow"], "failed").inc()
+        count_compute(row, body.compute_s)
         return JSONResponse(status_body(row))
 
     @router.post("/api/comm/task/{task_id}/release", response_model=StatusResponse)

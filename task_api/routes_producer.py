@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any, Optional
 
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from task_api.auth import producer_of
 from task_api.body import JsonBodyRoute
 from task_api.events import task_stream
 from task_api.queue import SYNC_PRIORITY, Queue, request_hash
@@ -20,6 +22,7 @@ from task_api.schemas import (
     CreateTasks,
     ErrorBody,
     FileUploaded,
+    SetPriority,
     Status,
     Task,
     TaskBatch,
@@ -31,7 +34,8 @@ from task_api.schemas import (
     task_json,
 )
 from task_api.services import Services
-from taskfleet.errors import BadRequest, NotFound, PayloadTooLarge, TaskfleetError
+from taskfleet.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, TaskfleetError
+from taskfleet.states import TERMINAL
 from taskfleet.workflows import Workflow
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
@@ -85,7 +89,9 @@ def producer_router(svc: Services) -> APIRouter:
     router = APIRouter(dependencies=[Depends(svc.auth.require("producer"))], responses=ERRORS, route_class=JsonBodyRoute)
     queue: Queue = svc.queue
 
-    def spec_of(body: CreateTask, *, notify_done: bool = False, priority: int | None = None) -> dict[str, Any]:
+    def spec_of(
+        body: CreateTask, producer: str, *, notify_done: bool = False, priority: int | None = None
+    ) -> dict[str, Any]:
         """Validate a create request against its workflow; the queue's insert spec."""
         workflow = svc.workflows.get(body.workflow)
         if body.webhook_url is not None:
@@ -101,6 +107,8 @@ def producer_router(svc: Services) -> APIRouter:
             "idempotency_key": body.idempotency_key,
             "body_hash": request_hash(body.model_dump(exclude={"idempotency_key"})) if body.idempotency_key else None,
             "notify_done": notify_done,
+            "producer": producer,
+            "pending_ttl_s": body.expires_in_s or svc.settings.pending_ttl_s,
         }
 
     def count_created(results: list[tuple[dict, bool]]) -> None:
@@ -108,8 +116,8 @@ def producer_router(svc: Services) -> APIRouter:
             if created:
                 svc.metrics.created.labels(row["workflow"]).inc()
 
-    async def submit(body: CreateTask, **kwargs: Any) -> tuple[dict, bool]:
-        result = await queue.create(**spec_of(body, **kwargs))
+    async def submit(body: CreateTask, producer: str, **kwargs: Any) -> tuple[dict, bool]:
+        result = await queue.create(**spec_of(body, producer, **kwargs))
         count_created([result])
         return result
 
@@ -120,18 +128,18 @@ def producer_router(svc: Services) -> APIRouter:
         body = parse_body(CreateTask, await request.body())
         if not body.idempotency_key and (idempotency_key := header_idempotency_key(request)):
             body = body.model_copy(update={"idempotency_key": idempotency_key})
-        row, created = await submit(body)
+        row, created = await submit(body, producer_of(request))
         return JSONResponse(task_json(row), status_code=201 if created else 200)
 
     @router.post("/api/tasks/batch", status_code=201, response_model=TaskBatch)
-    async def create_tasks(body: CreateTasks) -> JSONResponse:
+    async def create_tasks(request: Request, body: CreateTasks) -> JSONResponse:
         """Many tasks in one request and one transaction: all are created, or none (a bad
         item is a 422 naming its index). For producers that enqueue in bulk, this saves the
         per-request cost that dominates on a small machine."""
         specs = []
         for index, item in enumerate(body.tasks):
             try:
-                specs.append(spec_of(item))
+                specs.append(spec_of(item, producer_of(request)))
             except TaskfleetError as exc:
                 exc.message = f"tasks[{index}]: {exc.message}"
                 raise
@@ -178,8 +186,11 @@ def producer_router(svc: Services) -> APIRouter:
         workflow: Optional[Text] = Query(None, max_length=100),
         limit: int = Query(50, ge=1, le=500),
         cursor: Optional[str] = Query(None, max_length=40),
+        producer: Optional[Text] = Query(None, max_length=100),
     ) -> dict[str, Any]:
-        rows, next_cursor = await queue.list(status=status, workflow=workflow, limit=limit, cursor=cursor)
+        rows, next_cursor = await queue.list(
+            status=status, workflow=workflow, limit=limit, cursor=cursor, producer=producer
+        )
         return {"items": [task_json(r) for r in rows], "next_cursor": next_cursor}
 
     @router.post("/api/tasks/{task_id}/cancel", response_model=Task)
@@ -190,6 +201,48 @@ def producer_router(svc: Services) -> APIRouter:
     async def retry_task(task_id: Text) -> dict[str, Any]:
         return task_json(await queue.retry(task_id))
 
+    @router.post("/api/tasks/{task_id}/priority", response_model=Task)
+    async def set_priority(task_id: Text, body: SetPriority) -> dict[str, Any]:
+        """A PENDING task's new priority (the next claim orders by it); any other state is a
+        409 ``not_pending``."""
+        return task_json(await queue.set_priority(task_id, body.priority))
+
+    @router.post(
+        "/api/tasks/{task_id}/rerun", status_code=201, response_model=Task,
+        openapi_extra={"parameters": [IDEMPOTENCY_HEADER]},
+    )  # fmt: skip
+    async def rerun_task(request: Request, task_id: Text) -> JSONResponse:
+        """A new task with the finished task's workflow, input and settings (priority,
+        max_attempts, timeout_s, webhook_url, metadata, expires_in_s), ``rerun_of`` naming it,
+        owned by the caller's producer;
+        a pipeline reruns as a whole pipeline. The input is checked again against the
+        workflow as it is now. An ``Idempotency-Key`` header makes the call safe to repeat."""
+        original = await queue.get(task_id)
+        if original["status"] not in TERMINAL:
+            raise Conflict(f"task is {original['status']}; only a finished task can be rerun", code="not_finished")
+        if original["parent_id"] is not None:
+            raise Conflict(f"task is a stage of pipeline {original['parent_id']}: rerun the pipeline", code="invalid_state")
+        workflow = svc.workflows.get(original["workflow"])
+        key = header_idempotency_key(request)
+        spec = {
+            "workflow": workflow.name,
+            "input": workflow.validate_input(json.loads(original["input"])),
+            "priority": original["priority"],
+            "max_attempts": original["max_attempts"],
+            "timeout_s": original["timeout_s"],
+            "webhook_url": original["webhook_url"],
+            "metadata": json.loads(original["metadata"]),
+            "idempotency_key": key,
+            "body_hash": request_hash({"rerun_of": task_id}) if key else None,
+            "pending_ttl_s": original["pending_ttl_s"],
+            "rerun_of": task_id,
+            # The rerun is the caller's task: it counts for the producer who asked for it.
+            "producer": producer_of(request),
+        }
+        row, created = await queue.create(**spec)
+        count_created([(row, created)])
+        return JSONResponse(task_json(row), status_code=201 if created else 200)
+
     @router.post(
         "/api/{route}/create-task", status_code=201, response_model=Accepted,
         openapi_extra={"parameters": [IDEMPOTENCY_HEADER]},
@@ -199,7 +252,7 @@ def producer_router(svc: Services) -> APIRouter:
         (priority, webhook_url, idempotency_key, ...) beside them, or the ``Idempotency-Key``
         header. A repeated key answers 200 with the first task."""
         workflow = svc.workflows.by_alias(route)
-        row, created = await submit(alias_create_body(workflow, fields, request))
+        row, created = await submit(alias_create_body(workflow, fields, request), producer_of(request))
         return JSONResponse({"task_id": row["id"], "status": row["status"]}, status_code=201 if created else 200)
 
     @router.post(
@@ -207,13 +260,15 @@ def producer_router(svc: Services) -> APIRouter:
         responses={202: {"model": Accepted}, 502: {"model": ErrorBody}},
     )
     async def process(
+        request: Request,
         route: str,
         fields: dict[str, Any] = Body(...),
         wait_s: float = Query(min(120.0, svc.settings.max_process_wait_s), ge=0, le=svc.settings.max_process_wait_s),
     ) -> JSONResponse:
         workflow = svc.workflows.by_alias(route)
         row, _ = await submit(
-            CreateTask(workflow=workflow.name, input=fields), notify_done=True, priority=SYNC_PRIORITY
+            CreateTask(workflow=workflow.name, input=fields), producer_of(request), notify_done=True,
+            priority=SYNC_PRIORITY,
         )
         row = await queue.wait_finished(row["id"], wait_s)
         task_id = row["id"]

@@ -16,6 +16,10 @@ from task_api.body import parse_json
 
 Status = Literal["PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
 MAX_PRIORITY = 1000
+MAX_PENDING_TTL_S = 366 * 86400.0  # expires_in_s: up to a year, as TASKFLEET_PENDING_TTL_S
+# A compute report is one attempt's slot seconds; more than its longest timeout_s (a week)
+# is not a measurement.
+MAX_COMPUTE_S = 7 * 86400.0
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -48,6 +52,15 @@ class CreateTask(Strict):
     webhook_url: Optional[Text] = Field(None, min_length=1, max_length=2048)
     metadata: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: Optional[IdempotencyKey] = None
+    expires_in_s: Optional[float] = Field(
+        None, gt=0, le=MAX_PENDING_TTL_S,
+        description="end the task FAILED `expired` if it is still PENDING this long after its create "
+        "(default TASKFLEET_PENDING_TTL_S; unset: never)",
+    )
+
+
+class SetPriority(Strict):
+    priority: int = Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)
 
 
 class CreateTasks(Strict):
@@ -74,6 +87,11 @@ class Attempt(BaseModel):
     error: Optional[dict[str, Any]]
 
 
+class Usage(BaseModel):
+    compute_s: float = Field(description="model-server slot seconds of all the task's attempts (a pipeline: of its stage tasks)")
+    by_workflow_stage: Optional[dict[str, float]] = Field(None, description="a pipeline's compute seconds by stage")
+
+
 class Task(BaseModel):
     task_id: str
     workflow: str
@@ -98,6 +116,12 @@ class Task(BaseModel):
     parent_id: Optional[str] = None
     stage: Optional[str] = None
     index: Optional[int] = None
+    # The producer whose token created it (a stage task: its pipeline's); CONTRACT §9.
+    producer: str = "default"
+    # Issue 18: when a PENDING task expires (null: never), the task a rerun copied, compute used.
+    expires_at: Optional[str] = None
+    rerun_of: Optional[str] = None
+    usage: Optional[Usage] = None
 
 
 class StageView(BaseModel):
@@ -150,6 +174,7 @@ class HeartbeatResponse(BaseModel):
 
 class CompleteRequest(LeaseRequest):
     output: Any = None
+    compute_s: float = Field(0.0, ge=0, le=MAX_COMPUTE_S, description="model-server slot seconds this attempt used")
 
 
 class CompleteItem(CompleteRequest):
@@ -174,6 +199,7 @@ class FailRequest(LeaseRequest):
     error: ErrorInfo
     retryable: bool
     retry_after_s: Optional[float] = Field(None, ge=0, le=86400)
+    compute_s: float = Field(0.0, ge=0, le=MAX_COMPUTE_S, description="model-server slot seconds this attempt used")
 
 
 class StatusResponse(BaseModel):
@@ -248,6 +274,21 @@ class WorkflowStats(BaseModel):
     oldest_pending_age_s: float
 
 
+class UsageGroup(BaseModel):
+    key: str = Field(description="the producer or workflow name")
+    compute_s: float
+    attempts: int
+    tasks: int
+
+
+class UsageResponse(BaseModel):
+    group_by: Literal["producer", "workflow"]
+    since: str
+    until: str
+    total_compute_s: float
+    groups: list[UsageGroup]
+
+
 class StatsResponse(BaseModel):
     workflows: list[WorkflowStats]
     generated_at: str
@@ -300,7 +341,18 @@ def task_json(row: dict[str, Any]) -> dict[str, Any]:
         "parent_id": row["parent_id"],
         "stage": row["stage"],
         "index": row["item_index"],
+        "producer": row["producer"],
+        "expires_at": iso(row["expires_at"]),
+        "rerun_of": row["rerun_of"],
+        "usage": _usage(row),
     }
+
+
+def _usage(row: dict[str, Any]) -> dict[str, Any]:
+    usage: dict[str, Any] = {"compute_s": round(row["compute_s"] or 0.0, 6)}
+    if row["usage_by_stage"] is not None:
+        usage["by_workflow_stage"] = json.loads(row["usage_by_stage"])
+    return usage
 
 
 def attempt_json(row: dict[str, Any]) -> dict[str, Any]:

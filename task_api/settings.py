@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +15,22 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+asyncpg")
 
 def split_csv(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+# A producer token may be named (``web:tok1``); a bare one belongs to the producer ``default``.
+# Tasks an admin token (or the console) creates belong to ``admin``; in open mode to ``default``.
+DEFAULT_PRODUCER = "default"
+ADMIN_PRODUCER = "admin"
+
+
+def named_tokens(value: str | None) -> list[tuple[str, str]]:
+    """``web:tok1,tok2`` → [("web", "tok1"), ("default", "tok2")]: the name is what comes
+    before the first colon, so a token itself may hold colons only when it is named."""
+    pairs = []
+    for entry in split_csv(value):
+        name, colon, token = entry.partition(":")
+        pairs.append((name.strip(), token.strip()) if colon else (DEFAULT_PRODUCER, entry))
+    return pairs
 
 
 class ApiSettings(BaseSettings):
@@ -51,6 +67,9 @@ class ApiSettings(BaseSettings):
     # out of GET /api/consumers.
     consumer_report_s: float = Field(5.0, ge=1)
     consumer_ttl_s: float = Field(20.0, gt=0)
+    # How long a task may stay PENDING before it ends FAILED `expired`, where its create gives
+    # no expires_in_s; unset: as long as it takes.
+    pending_ttl_s: Optional[float] = Field(None, gt=0, le=366 * 86400)
     retention_days: float = 30.0
     retention_interval_s: float = 3600.0
 
@@ -68,6 +87,12 @@ class ApiSettings(BaseSettings):
     # Base URL at which this API is reached, for links to locally stored files.
     public_url: str = ""
 
+    @field_validator("pending_ttl_s", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # TASKFLEET_PENDING_TTL_S= (set, empty) reads as unset, as an unset variable does.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -81,10 +106,15 @@ class ApiSettings(BaseSettings):
     @property
     def token_sets(self) -> dict[str, list[str]]:
         return {
-            "producer": split_csv(self.producer_tokens),
+            "producer": [token for _, token in named_tokens(self.producer_tokens)],
             "consumer": split_csv(self.consumer_tokens),
             "admin": split_csv(self.admin_tokens),
         }
+
+    @property
+    def producer_names(self) -> dict[str, str]:
+        """Each producer token's producer name."""
+        return {token: name for name, token in named_tokens(self.producer_tokens)}
 
     @property
     def base_url(self) -> str:

@@ -177,6 +177,7 @@ class ProducerClient(_Base):
         webhook_url: str | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        expires_in_s: float | None = None,
     ) -> dict[str, Any]:
         """Create a task. Without ``idempotency_key`` one is made for this call (``auto-`` and a
         random hex), so that the client's own resends can never create the task twice; pass
@@ -184,6 +185,7 @@ class ProducerClient(_Base):
         body: dict[str, Any] = {"workflow": workflow, "input": input}
         idempotency_key = idempotency_key or new_idempotency_key()
         optional = {
+            "expires_in_s": expires_in_s,
             "priority": priority,
             "max_attempts": max_attempts,
             "timeout_s": timeout_s,
@@ -211,8 +213,10 @@ class ProducerClient(_Base):
         workflow: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        producer: str | None = None,
     ) -> dict[str, Any]:
-        params = {k: v for k, v in {"status": status, "workflow": workflow, "limit": limit, "cursor": cursor}.items() if v is not None}
+        given = {"status": status, "workflow": workflow, "limit": limit, "cursor": cursor, "producer": producer}
+        params = {k: v for k, v in given.items() if v is not None}
         return (await self._call("GET", "/api/tasks", params=params)).json()
 
     async def cancel(self, task_id: str) -> dict[str, Any]:
@@ -220,6 +224,13 @@ class ProducerClient(_Base):
 
     async def retry(self, task_id: str) -> dict[str, Any]:
         return (await self._call("POST", f"/api/tasks/{task_id}/retry")).json()
+
+    async def set_priority(self, task_id: str, priority: int) -> dict[str, Any]:
+        return (await self._call("POST", f"/api/tasks/{task_id}/priority", json={"priority": priority})).json()
+
+    async def rerun(self, task_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return (await self._call("POST", f"/api/tasks/{task_id}/rerun", headers=headers)).json()
 
     async def wait(self, task_id: str, *, timeout: float | None = None, poll_s: float = 0.25) -> dict[str, Any]:
         """Poll until the task is terminal; raises TimeoutError after ``timeout`` seconds."""
@@ -268,6 +279,10 @@ class AdminClient(ProducerClient):
     async def stats(self) -> dict[str, Any]:
         return (await self._call("GET", "/api/stats")).json()
 
+    async def usage(self, *, group_by: str = "producer", since: Any = None, until: Any = None) -> dict[str, Any]:
+        params = {k: v for k, v in {"group_by": group_by, "since": since, "until": until}.items() if v is not None}
+        return (await self._call("GET", "/api/usage", params=params)).json()
+
 
 class ConsumerClient(_Base):
     def __init__(
@@ -306,14 +321,17 @@ class ConsumerClient(_Base):
             body["progress"] = progress
         return (await self._call("POST", f"/api/comm/task/{task_id}/heartbeat", json=body)).json()
 
-    async def complete(self, task_id: str, lease_id: str, output: Any) -> dict[str, Any]:
-        body = {"lease_id": lease_id, "output": output}
+    async def complete(self, task_id: str, lease_id: str, output: Any, compute_s: float = 0.0) -> dict[str, Any]:
+        body: dict[str, Any] = {"lease_id": lease_id, "output": output}
+        if compute_s:  # the attempt's model-server slot seconds; left out when it used none
+            body["compute_s"] = compute_s
         return (await self._call("POST", f"/api/comm/task/{task_id}/complete", json=body)).json()
 
-    async def complete_many(self, items: list[tuple[str, str, Any]]) -> list[dict[str, Any]]:
-        """Complete several leases in one request: [(task_id, lease_id, output)]. Each result is
-        {"task_id", "status"} or {"task_id", "error": {"code": "lease_lost" | "not_found", …}}."""
-        body = {"items": [{"task_id": t, "lease_id": lease, "output": out} for t, lease, out in items]}
+    async def complete_many(self, items: list[tuple]) -> list[dict[str, Any]]:
+        """Complete several leases in one request: [(task_id, lease_id, output[, compute_s])].
+        Each result is {"task_id", "status"} or {"task_id", "error": {"code": "lease_lost" |
+        "not_found", …}}."""
+        body = {"items": [_complete_item(*item) for item in items]}
         return (await self._call("POST", "/api/comm/tasks/complete", json=body)).json()["results"]
 
     async def fail(
@@ -324,6 +342,7 @@ class ConsumerClient(_Base):
         message: str,
         retryable: bool,
         retry_after_s: float | None = None,
+        compute_s: float = 0.0,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "lease_id": lease_id,
@@ -332,6 +351,8 @@ class ConsumerClient(_Base):
         }
         if retry_after_s is not None:
             body["retry_after_s"] = retry_after_s
+        if compute_s:
+            body["compute_s"] = compute_s
         return (await self._call("POST", f"/api/comm/task/{task_id}/fail", json=body)).json()
 
     async def report(self, report: dict[str, Any]) -> float:
@@ -342,3 +363,10 @@ class ConsumerClient(_Base):
 
     async def release(self, task_id: str, lease_id: str) -> dict[str, Any]:
         return (await self._call("POST", f"/api/comm/task/{task_id}/release", json={"lease_id": lease_id})).json()
+
+
+def _complete_item(task_id: str, lease_id: str, output: Any, compute_s: float = 0.0) -> dict[str, Any]:
+    item: dict[str, Any] = {"task_id": task_id, "lease_id": lease_id, "output": output}
+    if compute_s:
+        item["compute_s"] = compute_s
+    return item

@@ -126,6 +126,7 @@ async def _drain(ctx: TaskContext, stream: _ResultStream) -> None:
             percent = float(value.get("percent", 0))
             await ctx.progress(FETCHED + SERVER_SPAN * max(0.0, min(100.0, percent)) / 100.0, str(value.get("message", "")))
         elif name == "error":
+            ctx.report_compute_s(value.get("compute_s"))
             err = value.get("error") or {}
             raise TaskfleetError(
                 str(err.get("message") or "face swap failed"),
@@ -138,6 +139,7 @@ async def _drain(ctx: TaskContext, stream: _ResultStream) -> None:
                 stream.result = SwapResult.model_validate(value)
             except ValueError as exc:
                 raise ModelServerError(f"malformed face swap result: {exc}", retryable=True) from None
+            ctx.report_compute_s(stream.result.compute_s)
 
 
 def _check_files(outputs: list[OutputFile], files: dict[str, Path]) -> None:

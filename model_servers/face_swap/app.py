@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from model_servers.base import ModelState, install_common, is_out_of_memory, jsonable, out_of_memory
+from model_servers.compute import ComputeMeter, meter
 from model_servers.face_swap.engine import Engine
 from model_servers.face_swap.engine_factory import build_engine
 from model_servers.face_swap.media import Tools, find_tools
@@ -167,6 +168,7 @@ class JobRun:
         job.report = self._report
         self.task: asyncio.Task | None = None
         self.last_progress = {"percent": 0.0, "message": "working"}
+        self.meter = meter() or ComputeMeter()  # this request's slot seconds
 
     def _report(self, percent: float, message: str) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, ("progress", {"percent": round(percent, 1), "message": message}))
@@ -207,7 +209,10 @@ class JobRun:
             await self._stop()
             raise
         if first[0] == "error":
-            raise first[1]  # nothing sent yet: a plain HTTP error with the code
+            raise first[1]  # nothing sent yet: a plain HTTP error with the code (and X-Compute-Seconds)
+        # The headers go out while the job may still hold its slot: the result or error part
+        # carries the slot seconds instead.
+        self.meter.in_body = True
         boundary = new_boundary()
         return StreamingResponse(self._body(boundary, first), media_type=f"multipart/mixed; boundary={boundary}")
 
@@ -220,7 +225,10 @@ class JobRun:
                     self.last_progress = value
                     yield json_part(boundary, "progress", value)
                 elif kind == "error":
-                    yield json_part(boundary, "error", {**value.to_body(), "retryable": value.retryable, "status": value.status})
+                    yield json_part(boundary, "error", {
+                        **value.to_body(), "retryable": value.retryable, "status": value.status,
+                        "compute_s": round(self.meter.seconds, 6),
+                    })  # fmt: skip
                     break
                 else:
                     async for piece in self._result_parts(boundary, value):
@@ -235,7 +243,10 @@ class JobRun:
             await self._cleanup()
 
     async def _result_parts(self, boundary: str, result: JobResult) -> AsyncIterator[bytes]:
-        summary = SwapResult(outputs=[o for o, _ in result.outputs], metadata=result.metadata, processing_time=result.processing_time)
+        summary = SwapResult(
+            outputs=[o for o, _ in result.outputs], metadata=result.metadata, processing_time=result.processing_time,
+            compute_s=round(self.meter.seconds, 6),
+        )
         yield json_part(boundary, "result", summary.model_dump(mode="json"))
         for out, path in result.outputs:
             yield part_head(boundary, "file", out.content_type, filename=out.name, length=out.size)

@@ -128,6 +128,16 @@ class Store(abc.ABC):
         """End leases past their expiry or their attempt's timeout (a batch of them): the moved
         tasks' id, workflow, status and error."""
 
+    @abc.abstractmethod
+    async def expire_pending(self, now: float) -> list[Row]:
+        """End PENDING tasks (not stage tasks) past their expires_at FAILED ``expired`` (a batch
+        of them), their webhooks queued in the same commit: the ended tasks' rows."""
+
+    @abc.abstractmethod
+    async def expire_pending_one(self, params: dict[str, Any]) -> Row | None:
+        """``expire_pending`` for one stage task (``params``: id, now) inside the caller's
+        pipeline transaction; None if it is no longer PENDING past its deadline."""
+
     # -- pipelines --------------------------------------------------------------------------
     @abc.abstractmethod
     def pipeline_transaction(self, task_id: str) -> AbstractAsyncContextManager[tuple[Store, Row | None]]:

@@ -269,7 +269,7 @@ class PostgresStore(Store):
         # One statement for the lot: one round trip, not one per item.
         if not all_params:
             return []
-        columns = {f"{name}_list": [p[name] for p in all_params] for name in ("id", "lease_id", "output")}
+        columns = {f"{name}_list": [p[name] for p in all_params] for name in ("id", "lease_id", "output", "compute_s")}
         found = await self.fetch(sql.COMPLETE_MANY_POSTGRES, {**columns, "now": all_params[0]["now"]})
         by_lease = {row.pop("fenced_lease_id"): row for row in found}
         # A lease listed twice ends once: its first item gets the row, a repeat is fenced.
@@ -283,6 +283,12 @@ class PostgresStore(Store):
 
     async def expire(self, now: float) -> list[Row]:
         return await self.fetch(sql.EXPIRE_POSTGRES, {"now": now})
+
+    async def expire_pending(self, now: float) -> list[Row]:
+        return await self.fetch(sql.EXPIRE_PENDING_POSTGRES, {"now": now})
+
+    async def expire_pending_one(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.EXPIRE_PENDING_ONE, params)
 
     @contextlib.asynccontextmanager
     async def pipeline_transaction(self, task_id: str) -> AsyncIterator[tuple["PostgresStore", Row | None]]:

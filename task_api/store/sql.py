@@ -29,7 +29,7 @@ TASK_COLUMNS = (
     "seq, id, workflow, status, input, output, error, progress, priority, attempts, max_attempts, "
     "timeout_s, webhook_url, metadata, idempotency_key, request_hash, consumer_id, lease_id, "
     "lease_expires_at, cancel_requested, created_at, updated_at, started_at, finished_at, "
-    "parent_id, stage, item_index"
+    "parent_id, stage, item_index, producer, pending_ttl_s, expires_at, rerun_of, compute_s, usage_by_stage"
 )
 # A pipeline task's own columns, beside TASK_COLUMNS where the pipeline is advanced.
 PIPELINE_COLUMNS = "pipeline_def, stages_started"
@@ -44,15 +44,16 @@ PG_TYPES = {
     "inflight_s": "float8", "next_at": "float8", "timeout_s": "float8", "limit": "int", "cursor": "bigint",
     "retryable": "boolean", "any_workflow": "boolean", "give_up": "boolean", "in_pipeline": "boolean",
     "workflows": "text[]", "ids": "text[]", "since": "float8",
-    "since_short": "float8", "since_long": "float8", "status": "text", "workflow": "text", "outcome": "text",
+    "pending_ttl_s": "float8", "rerun_of": "text", "compute_s": "float8", "priority": "int", "until": "float8",
+    "since_short": "float8", "since_long": "float8", "status": "text", "workflow": "text", "producer": "text", "outcome": "text",
     "output": "text", "error": "text", "progress": "text",
     # INSERT_TASKS_POSTGRES's columns, one array each
     "id_list": "text[]", "workflow_list": "text[]", "input_list": "text[]", "priority_list": "int[]",
     "max_attempts_list": "int[]", "timeout_s_list": "float8[]", "webhook_url_list": "text[]",
     "metadata_list": "text[]", "idempotency_key_list": "text[]", "request_hash_list": "text[]",
-    "notify_done_list": "int[]",
+    "notify_done_list": "int[]", "producer_list": "text[]", "pending_ttl_s_list": "float8[]", "rerun_of_list": "text[]",
     # COMPLETE_MANY_POSTGRES's items
-    "lease_id_list": "text[]", "output_list": "text[]",
+    "lease_id_list": "text[]", "output_list": "text[]", "compute_s_list": "float8[]",
     # INSERT_STAGE_TASKS_POSTGRES's extra columns
     "parent_id_list": "text[]", "stage_list": "text[]", "item_index_list": "int[]",
 }
@@ -75,13 +76,15 @@ def postgres(sql: str) -> tuple[str, tuple[str, ...]]:
 
 # -- create -------------------------------------------------------------------------------
 # One committed INSERT: once it returns, the task survives any crash. A repeated
-# idempotency key inserts nothing and the caller reads the existing row instead.
+# idempotency key inserts nothing and the caller reads the existing row instead. expires_at
+# is :now + :pending_ttl_s, NULL (never) where no TTL applies, in every insert below.
 INSERT_TASK = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
-                   created_at, updated_at)
+                   created_at, updated_at, producer, pending_ttl_s, expires_at, rerun_of)
 VALUES (:id, :workflow, 'PENDING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
-        :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now)
+        :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now, :producer,
+        :pending_ttl_s, :now + :pending_ttl_s, :rerun_of)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {TASK_COLUMNS}
 """
@@ -93,10 +96,11 @@ _INSERT_LEASED = """
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
                    created_at, updated_at, lease_id, consumer_id, lease_expires_at, deadline_at,
-                   started_at)
+                   started_at, producer, pending_ttl_s, expires_at, rerun_of)
 VALUES (:id, :workflow, 'PROCESSING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
         :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now,
-        :lease_id, :consumer_id, :now + :lease_s, :now + :timeout_s, :now)
+        :lease_id, :consumer_id, :now + :lease_s, :now + :timeout_s, :now, :producer,
+        :pending_ttl_s, :now + :pending_ttl_s, :rerun_of)
 ON CONFLICT (idempotency_key) DO NOTHING
 """
 INSERT_LEASED_TASK_SQLITE = f"{_INSERT_LEASED} RETURNING {TASK_COLUMNS}"
@@ -126,19 +130,20 @@ FLUSH_WAL_POSTGRES = "SELECT pg_logical_emit_message(true, 'taskfleet.flush', ''
 # list, is skipped and missing from RETURNING.
 INSERT_TASKS_COLUMNS = (
     "id", "workflow", "input", "priority", "max_attempts", "timeout_s", "webhook_url",
-    "metadata", "idempotency_key", "request_hash", "notify_done",
+    "metadata", "idempotency_key", "request_hash", "notify_done", "producer", "pending_ttl_s", "rerun_of",
 )
 INSERT_TASKS_POSTGRES = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
-                   created_at, updated_at)
+                   created_at, updated_at, producer, pending_ttl_s, expires_at, rerun_of)
 SELECT r.id, r.workflow, 'PENDING', r.input, r.priority, r.max_attempts, r.timeout_s, r.webhook_url,
-       r.metadata, r.idempotency_key, r.request_hash, r.notify_done, :now, :now, :now
+       r.metadata, r.idempotency_key, r.request_hash, r.notify_done, :now, :now, :now, r.producer,
+       r.pending_ttl_s, :now + r.pending_ttl_s, r.rerun_of
 FROM unnest(:id_list, :workflow_list, :input_list, :priority_list, :max_attempts_list,
             :timeout_s_list, :webhook_url_list, :metadata_list, :idempotency_key_list,
-            :request_hash_list, :notify_done_list) WITH ORDINALITY
+            :request_hash_list, :notify_done_list, :producer_list, :pending_ttl_s_list, :rerun_of_list) WITH ORDINALITY
      AS r(id, workflow, input, priority, max_attempts, timeout_s, webhook_url,
-          metadata, idempotency_key, request_hash, notify_done, ord)
+          metadata, idempotency_key, request_hash, notify_done, producer, pending_ttl_s, rerun_of, ord)
 ORDER BY r.ord
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {TASK_COLUMNS}
@@ -152,21 +157,24 @@ FROM attempts WHERE task_id = :id ORDER BY started_at, lease_id
 """
 
 # Newest first; the cursor is the last seen seq.
-def _list_tasks(status: bool, workflow: bool, cursor: bool) -> str:
+def _list_tasks(status: bool, workflow: bool, cursor: bool, producer: bool = False) -> str:
     conditions = [c for c, on in (("status = :status", status), ("workflow = :workflow", workflow),
-                                  ("seq < :cursor", cursor)) if on]  # fmt: skip
+                                  ("producer = :producer", producer), ("seq < :cursor", cursor)) if on]  # fmt: skip
     where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
     return f"SELECT {TASK_COLUMNS} FROM tasks {where}ORDER BY seq DESC LIMIT :limit"
 
 
 # The task list, newest first, one statement per combination of filters given (status,
-# workflow, cursor), each answered in order by an index: the primary key (seq), (status, seq),
-# (workflow, seq), (workflow, status, seq). Run with PLAN_EACH_CALL on Postgres: a prepared
+# workflow, producer, cursor), each answered in order by an index: the primary key (seq),
+# (status, seq), (workflow, seq), (workflow, status, seq), (producer, seq), (producer, status,
+# seq); with both workflow and producer, the workflow's index, the producer checked on its rows
+# (a producer usually sends few workflows). Run with PLAN_EACH_CALL on Postgres: a prepared
 # statement's generic plan does not know which values it filters on, and for `workflow = $1
 # AND status = $2` it picks the primary key and filters, reading all 1M rows for a pair with
 # no task (100 ms per 300k rows), where the (workflow, status, seq) index reads none.
 LIST_TASKS = {
-    (s, w, c): _list_tasks(s, w, c) for s in (False, True) for w in (False, True) for c in (False, True)
+    (s, w, c, p): _list_tasks(s, w, c, p)
+    for s in (False, True) for w in (False, True) for c in (False, True) for p in (False, True)
 }
 PLAN_EACH_CALL = "SET LOCAL plan_cache_mode = force_custom_plan"
 
@@ -257,7 +265,7 @@ FINISH_COLUMNS = """
     status = CASE
         WHEN :outcome = 'failed' AND :retryable AND attempts + 1 < max_attempts THEN 'PENDING'
         ELSE :status END,
-    output = :output, error = :error,
+    output = :output, error = :error, compute_s = compute_s + :compute_s,
     not_before = :not_before, lease_id = NULL, lease_expires_at = NULL, deadline_at = NULL,
     updated_at = :now,
     progress = CASE WHEN :status = 'COMPLETED' THEN '{"percent": 100, "message": "done"}' ELSE progress END
@@ -276,6 +284,12 @@ RETURNING {TASK_COLUMNS}
 END_ATTEMPT_SQLITE = """
 UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error WHERE lease_id = :lease_id
 """
+# A finished attempt (complete, fail, cancel at heartbeat) keeps the compute seconds its
+# consumer reported: GET /api/usage sums them by ended_at.
+END_FINISHED_ATTEMPT_SQLITE = """
+UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error, compute_s = :compute_s
+WHERE lease_id = :lease_id
+"""
 ENQUEUE_WEBHOOK = f"""
 INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
 SELECT id, webhook_url, :now, :now FROM tasks
@@ -288,7 +302,7 @@ WITH done AS (
     WHERE {FENCE} AND {OUTSIDE_PIPELINE}
     RETURNING *
 ), ended AS (
-    UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error
+    UPDATE attempts SET ended_at = :now, outcome = :outcome, error = :error, compute_s = :compute_s
     WHERE lease_id = :lease_id AND EXISTS (SELECT 1 FROM done)
 ), hook AS (
     INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
@@ -303,18 +317,19 @@ SELECT {TASK_COLUMNS} FROM done
 # missing from RETURNING; ``fenced_lease_id`` names the lease each returned row ended.
 COMPLETE_MANY_POSTGRES = f"""
 WITH items AS (
-    SELECT * FROM unnest(:id_list, :lease_id_list, :output_list) AS i(id, lease_id, output)
+    SELECT * FROM unnest(:id_list, :lease_id_list, :output_list, :compute_s_list) AS i(id, lease_id, output, compute_s)
 ), done AS (
     UPDATE tasks t SET
         attempts = t.attempts + 1, status = 'COMPLETED', output = i.output, error = NULL,
+        compute_s = t.compute_s + i.compute_s,
         not_before = :now, lease_id = NULL, lease_expires_at = NULL, deadline_at = NULL,
         updated_at = :now, progress = '{{"percent": 100, "message": "done"}}', finished_at = :now
     FROM items i
     WHERE t.id = i.id AND t.lease_id = i.lease_id AND t.status = 'PROCESSING'
       AND t.lease_expires_at > :now AND t.deadline_at > :now AND t.parent_id IS NULL
-    RETURNING t.*, i.lease_id AS fenced_lease_id
+    RETURNING t.*, i.lease_id AS fenced_lease_id, i.compute_s AS attempt_compute_s
 ), ended AS (
-    UPDATE attempts a SET ended_at = :now, outcome = 'completed', error = NULL
+    UPDATE attempts a SET ended_at = :now, outcome = 'completed', error = NULL, compute_s = done.attempt_compute_s
     FROM done WHERE a.lease_id = done.fenced_lease_id
 ), hook AS (
     INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
@@ -387,6 +402,41 @@ WITH expired AS (
 SELECT id, workflow, status, error FROM expired
 """
 
+# -- pending TTL --------------------------------------------------------------------------
+# A task still PENDING at its expires_at ends FAILED `expired` without running (its backoff
+# after a failed attempt included: the deadline counts from the create, or the last retry).
+# Only PENDING rows match, so a task claimed meanwhile runs on; on Postgres the row lock and
+# SKIP LOCKED let every replica run the pass at once: a row one replica moved is locked or no
+# longer PENDING for the others, so no task ends twice. Stage tasks end inside their
+# pipeline's transaction instead (SELECT_EXPIRED_PENDING_STAGE_TASKS, EXPIRE_PENDING_ONE).
+EXPIRED_ERROR = '{"code": "expired", "message": "still PENDING when its expires_in_s ran out", "retryable": false}'
+EXPIRE_PENDING_COLUMNS = f"""
+    status = 'FAILED', error = '{EXPIRED_ERROR}', finished_at = :now, updated_at = :now,
+    not_before = :now
+"""
+EXPIRING = "status = 'PENDING' AND expires_at IS NOT NULL AND expires_at <= :now"
+EXPIRE_PENDING_SQLITE = f"""
+UPDATE tasks SET {EXPIRE_PENDING_COLUMNS}
+WHERE seq IN (SELECT seq FROM tasks WHERE {EXPIRING} AND parent_id IS NULL LIMIT 500)
+RETURNING {TASK_COLUMNS}
+"""
+EXPIRE_PENDING_POSTGRES = f"""
+WITH due AS (
+    SELECT seq FROM tasks WHERE {EXPIRING} AND parent_id IS NULL LIMIT 500 FOR UPDATE SKIP LOCKED
+), expired AS (
+    UPDATE tasks t SET {EXPIRE_PENDING_COLUMNS} FROM due WHERE t.seq = due.seq RETURNING t.*
+), hook AS (
+    INSERT INTO webhook_deliveries (task_id, url, next_at, created_at)
+    SELECT id, webhook_url, :now, :now FROM expired WHERE webhook_url IS NOT NULL
+)
+SELECT {TASK_COLUMNS} FROM expired
+"""
+SELECT_EXPIRED_PENDING_STAGE_TASKS = f"SELECT id FROM tasks WHERE {EXPIRING} AND parent_id IS NOT NULL LIMIT 500"
+# One stage task, in its pipeline's transaction: re-checked, as a claim may have taken it.
+EXPIRE_PENDING_ONE = f"""
+UPDATE tasks SET {EXPIRE_PENDING_COLUMNS} WHERE id = :id AND {EXPIRING} RETURNING {TASK_COLUMNS}
+"""
+
 # -- release ------------------------------------------------------------------------------
 # Back to PENDING at once without counting the attempt (shutdown, model server down); a
 # cancel that was waiting for the holder ends the task instead.
@@ -442,12 +492,21 @@ WITH cancelled AS (
 SELECT {TASK_COLUMNS} FROM cancelled
 """
 
-# A FAILED or CANCELLED task runs again from scratch; its history stays. Pipelines and their
+# A PENDING task's new priority: the claim orders by the column itself (tasks_pending), so
+# the next claim sees it. Any other state matches nothing (the route answers 409); a pipeline
+# task is never PENDING.
+SET_PRIORITY = f"""
+UPDATE tasks SET priority = :priority, updated_at = :now WHERE id = :id AND status = 'PENDING'
+RETURNING {TASK_COLUMNS}
+"""
+
+# A FAILED or CANCELLED task runs again from scratch; its history stays, and its pending TTL
+# counts again from now. Pipelines and their
 # stage tasks are retried as a whole (RETRY_PIPELINE).
 RETRY = f"""
 UPDATE tasks SET status = 'PENDING', attempts = 0, output = NULL, error = NULL,
     progress = '{{"percent": 0, "message": ""}}', cancel_requested = 0, not_before = :now,
-    started_at = NULL, finished_at = NULL, updated_at = :now
+    started_at = NULL, finished_at = NULL, updated_at = :now, expires_at = :now + pending_ttl_s
 WHERE id = :id AND status IN ('FAILED', 'CANCELLED') AND parent_id IS NULL AND pipeline_def IS NULL
 RETURNING {TASK_COLUMNS}
 """
@@ -470,14 +529,15 @@ LOCK_PIPELINE_SQLITE = _PIPELINE_OF  # BEGIN IMMEDIATE already holds the only wr
 LOCK_PIPELINE_POSTGRES = f"{_PIPELINE_OF} FOR UPDATE"
 
 # A pipeline task never waits in the queue: it is PROCESSING from its create (its first stage
-# tasks go in with it), holds no lease and so is never claimed, leased or expired.
+# tasks go in with it), holds no lease and so is never claimed, leased or expired. Its
+# pending_ttl_s is its stage tasks': each may wait that long in the queue from its own create.
 INSERT_PIPELINE_TASK = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
-                   created_at, updated_at, started_at, pipeline_def, stages_started)
+                   created_at, updated_at, started_at, pipeline_def, stages_started, producer, pending_ttl_s, rerun_of)
 VALUES (:id, :workflow, 'PROCESSING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
         :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now, :now,
-        :pipeline_def, '[]')
+        :pipeline_def, '[]', :producer, :pending_ttl_s, :rerun_of)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {TASK_COLUMNS}, {PIPELINE_COLUMNS}
 """
@@ -485,28 +545,35 @@ RETURNING {TASK_COLUMNS}, {PIPELINE_COLUMNS}
 # A stage's tasks: ordinary PENDING tasks that name their pipeline, stage and item.
 INSERT_STAGE_TASK_SQLITE = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, metadata,
-                   not_before, created_at, updated_at, parent_id, stage, item_index)
+                   not_before, created_at, updated_at, parent_id, stage, item_index, producer, pending_ttl_s, expires_at)
 VALUES (:id, :workflow, 'PENDING', :input, :priority, :max_attempts, :timeout_s, :metadata,
-        :now, :now, :now, :parent_id, :stage, :item_index)
+        :now, :now, :now, :parent_id, :stage, :item_index, :producer, :pending_ttl_s, :now + :pending_ttl_s)
 RETURNING {TASK_COLUMNS}
 """
 INSERT_STAGE_TASKS_COLUMNS = (
     "id", "workflow", "input", "priority", "max_attempts", "timeout_s", "metadata", "parent_id", "stage", "item_index",
+    "producer", "pending_ttl_s",
 )
 INSERT_STAGE_TASKS_POSTGRES = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, metadata,
-                   not_before, created_at, updated_at, parent_id, stage, item_index)
+                   not_before, created_at, updated_at, parent_id, stage, item_index, producer, pending_ttl_s, expires_at)
 SELECT r.id, r.workflow, 'PENDING', r.input, r.priority, r.max_attempts, r.timeout_s, r.metadata,
-       :now, :now, :now, r.parent_id, r.stage, r.item_index
+       :now, :now, :now, r.parent_id, r.stage, r.item_index, r.producer, r.pending_ttl_s, :now + r.pending_ttl_s
 FROM unnest(:id_list, :workflow_list, :input_list, :priority_list, :max_attempts_list,
-            :timeout_s_list, :metadata_list, :parent_id_list, :stage_list, :item_index_list) WITH ORDINALITY
-     AS r(id, workflow, input, priority, max_attempts, timeout_s, metadata, parent_id, stage, item_index, ord)
+            :timeout_s_list, :metadata_list, :parent_id_list, :stage_list, :item_index_list,
+            :producer_list, :pending_ttl_s_list) WITH ORDINALITY
+     AS r(id, workflow, input, priority, max_attempts, timeout_s, metadata, parent_id, stage, item_index,
+          producer, pending_ttl_s, ord)
 ORDER BY r.ord
 RETURNING {TASK_COLUMNS}
 """
 
 # How far each started stage is: counts by status.
-STAGE_COUNTS = "SELECT stage, status, count(*) AS n FROM tasks WHERE parent_id = :id GROUP BY stage, status"
+# With their compute seconds, which the pipeline's usage sums (UPDATE_PIPELINE, END_PIPELINE).
+STAGE_COUNTS = """
+SELECT stage, status, count(*) AS n, sum(compute_s) AS compute_s FROM tasks WHERE parent_id = :id
+GROUP BY stage, status
+"""
 # The outputs later stages and the pipeline's output read, in item order.
 STAGE_OUTPUTS = """
 SELECT stage, item_index, output FROM tasks WHERE parent_id = :id AND status = 'COMPLETED'
@@ -523,11 +590,14 @@ SELECT id, stage, item_index, status FROM tasks WHERE parent_id = :id ORDER BY s
 """
 
 UPDATE_PIPELINE = """
-UPDATE tasks SET stages_started = :stages_started, progress = :progress, updated_at = :now WHERE id = :id
+UPDATE tasks SET stages_started = :stages_started, progress = :progress, updated_at = :now,
+    compute_s = :compute_s, usage_by_stage = :usage_by_stage
+WHERE id = :id
 """
 END_PIPELINE = f"""
 UPDATE tasks SET status = :status, output = :output, error = :error, progress = :progress,
-    stages_started = :stages_started, finished_at = :now, updated_at = :now
+    stages_started = :stages_started, finished_at = :now, updated_at = :now,
+    compute_s = :compute_s, usage_by_stage = :usage_by_stage
 WHERE id = :id AND status = 'PROCESSING'
 RETURNING {TASK_COLUMNS}
 """
@@ -549,7 +619,7 @@ RETURNING {TASK_COLUMNS}, {PIPELINE_COLUMNS}
 RETRY_STAGE_TASKS = """
 UPDATE tasks SET status = 'PENDING', attempts = 0, output = NULL, error = NULL,
     progress = '{"percent": 0, "message": ""}', cancel_requested = 0, not_before = :now,
-    started_at = NULL, finished_at = NULL, updated_at = :now
+    started_at = NULL, finished_at = NULL, updated_at = :now, expires_at = :now + pending_ttl_s
 WHERE parent_id = :id AND status IN ('FAILED', 'CANCELLED')
 RETURNING id, workflow
 """
@@ -608,6 +678,19 @@ SELECT parent_id, NULL, max(updated_at) FROM tasks WHERE parent_id {watched} GRO
 """
 TASK_VERSIONS_SQLITE = _TASK_VERSIONS.format(watched="IN (SELECT value FROM json_each(:ids))")
 TASK_VERSIONS_POSTGRES = _TASK_VERSIONS.format(watched="= ANY(:ids)")
+
+# GET /api/usage: compute seconds of the attempts that ended in [since, until), through
+# attempts_usage (only attempts that reported compute are in it), grouped by the task's
+# workflow or producer. Stage tasks' attempts count under their own workflow; pipeline tasks
+# hold no attempts, so nothing is counted twice.
+_USAGE = """
+SELECT t.{column} AS key, sum(a.compute_s) AS compute_s, count(*) AS attempts,
+       count(DISTINCT a.task_id) AS tasks
+FROM attempts a JOIN tasks t ON t.id = a.task_id
+WHERE a.compute_s > 0 AND a.ended_at >= :since AND a.ended_at < :until
+GROUP BY t.{column} ORDER BY compute_s DESC, key
+"""
+USAGE_BY = {column: _USAGE.format(column=column) for column in ("producer", "workflow")}
 
 COUNT_BY_WORKFLOW_STATUS = "SELECT workflow, status, count(*) AS n FROM tasks GROUP BY workflow, status"
 OLDEST_PENDING_BY_WORKFLOW = (

@@ -205,7 +205,7 @@ class SqliteStore(Store):
         row = await self.fetchrow(sql.FINISH_SQLITE, params)
         if row is None:
             return None
-        await self.execute(sql.END_ATTEMPT_SQLITE, params)
+        await self.execute(sql.END_FINISHED_ATTEMPT_SQLITE, params)
         if row["webhook_url"] is not None and row["status"] in TERMINAL:
             await self.execute(sql.ENQUEUE_WEBHOOK, params)
         return row
@@ -238,6 +238,17 @@ class SqliteStore(Store):
                 await tx.execute(sql.ENQUEUE_WEBHOOK, params)
                 moved.append(row)
         return moved
+
+    async def expire_pending(self, now: float) -> list[Row]:
+        async with self.transaction() as tx:
+            rows = await tx.fetch(sql.EXPIRE_PENDING_SQLITE, {"now": now})
+            for row in rows:
+                if row["webhook_url"] is not None:
+                    await tx.execute(sql.ENQUEUE_WEBHOOK, {"id": row["id"], "now": now})
+        return rows
+
+    async def expire_pending_one(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.EXPIRE_PENDING_ONE, params)
 
     @contextlib.asynccontextmanager
     async def pipeline_transaction(self, task_id: str) -> AsyncIterator[tuple["SqliteStore", Row | None]]:

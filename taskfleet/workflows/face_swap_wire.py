@@ -39,6 +39,9 @@ class SwapResult(BaseModel):
     outputs: list[OutputFile]
     metadata: dict[str, Any]
     processing_time: float
+    # Seconds the job held a device slot: the streamed answer's headers go out before the job
+    # ends, so the figure comes here instead of in X-Compute-Seconds (model_servers/compute.py).
+    compute_s: float = 0.0
 
 
 def new_boundary() -> str:

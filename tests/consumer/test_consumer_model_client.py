@@ -252,3 +252,37 @@ async def test_unhealthy_server_skipped_for_a_healthy_one(fake_servers, pools):
     for _ in range(3):
         await pool.client(10).request("POST", "/process", json={})
     assert (sick.stats()["calls"], well.stats()["calls"]) == (0, 3)
+
+
+async def test_compute_seconds_add_up_over_calls_retries_and_error_answers():
+    """Each answer's X-Compute-Seconds goes on the attempt's usage: a 503 that held a slot
+    before giving up, its retry, a 4xx; a missing or garbled header adds nothing."""
+    from consumer.model_client import ComputeUsage
+
+    answers = iter([
+        httpx.Response(503, headers={"X-Compute-Seconds": "0.25"}, json={"error": {"code": "busy", "message": ""}}),
+        httpx.Response(200, headers={"X-Compute-Seconds": "0.5"}, json={}),
+        httpx.Response(200, json={}),  # a server that does not report
+        httpx.Response(200, headers={"X-Compute-Seconds": "nan"}, json={}),
+        httpx.Response(422, headers={"X-Compute-Seconds": "0.125"}, json={"error": {"code": "no_face", "message": ""}}),
+    ])  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "healthy", "capacity": 1})
+        return next(answers)
+
+    pool = make_pool("http://fake", transport=httpx.MockTransport(handler))
+    usage = ComputeUsage()
+    try:
+        client = pool.client(10, usage)
+        await client.request("POST", "/process", json={})  # 503, then its retry's 200
+        assert usage.seconds == 0.75
+        await client.request("POST", "/process", json={})
+        await client.request("POST", "/process", json={})
+        assert usage.seconds == 0.75
+        with pytest.raises(ModelServerError):
+            await client.request("POST", "/process", json={})
+        assert usage.seconds == 0.875
+    finally:
+        await pool.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import time
 
 import httpx
 import numpy as np
@@ -291,3 +292,17 @@ async def test_an_error_no_route_foresaw_still_answers_in_the_error_shape(flux_s
     monkeypatch.setattr("model_servers.flux.app.encode_image", encode)
     body = await generate(flux_server, expect=status)
     assert body["error"]["code"] == code
+
+
+async def test_generate_reports_the_seconds_it_held_a_slot(flux_server):
+    """Compute accounting: X-Compute-Seconds is the time the call held its slot (the batch it
+    rode in), within the inference time the body reports and never more than the request."""
+    async with httpx.AsyncClient(base_url=flux_server.url, timeout=120) as client:
+        started = time.perf_counter()
+        r = await client.post("/generate", json={"prompt": "a red cat", **SMALL, "seed": 7})
+        wall = time.perf_counter() - started
+        refused = await client.post("/generate", json={"prompt": ""})
+    assert r.status_code == 200
+    seconds = float(r.headers["x-compute-seconds"])
+    assert 0 < seconds <= r.json()["inference_time_s"] + 1e-3 and seconds <= wall
+    assert refused.status_code == 422 and float(refused.headers["x-compute-seconds"]) == 0.0

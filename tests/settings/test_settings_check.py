@@ -32,6 +32,8 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 BAD_VALUES = [
     (["-m", "task_api"], "TASKFLEET_LEASE_S", "abc"),
+    (["-m", "task_api"], "TASKFLEET_PENDING_TTL_S", "soon"),
+    (["-m", "task_api"], "TASKFLEET_PENDING_TTL_S", "-5"),
     (["-m", "task_api"], "TASKFLEET_DATABASE_URL", MYSQL_URL),
     (["-m", "consumer"], "TASKFLEET_CONCURRENCY", "many"),
     (["-m", "consumer"], "TASKFLEET_MODEL_TIMEOUTS", "{face_swap: 900"),

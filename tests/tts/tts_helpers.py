@@ -29,7 +29,13 @@ ROOT = Path(__file__).resolve().parents[2]
 @contextlib.asynccontextmanager
 async def serve(settings: TtsSettings) -> AsyncIterator[httpx.AsyncClient]:
     """The real app with its lifespan (engine loading) behind an in-process client, once loaded."""
-    app = create_app(settings)
+    async with serve_app(create_app(settings)) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app) -> AsyncIterator[httpx.AsyncClient]:
+    """``serve`` for an app already made (with an engine of the test's)."""
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tts") as client:
             for _ in range(200):
