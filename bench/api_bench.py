@@ -1,6 +1,6 @@
 """Task API benchmark: no-op tasks through HTTP, on SQLite and Postgres. Prints its figures.
 
-  python bench/api_bench.py [--backend sqlite|postgres|both] [--only throughput,pickup,claim,idle,events]
+  python bench/api_bench.py [--backend sqlite|postgres|both] [--only throughput,pickup,claim,idle,events,serial]
 
 - throughput: producers (2, each with 8 create requests in flight) create N echo tasks while
   consumers (2) fetch (limit 20) and complete them; tasks/s from the first create to the last
@@ -12,6 +12,12 @@
   each arrives: create-call start → task in the consumer's hands, p50 / p99.
 - claim (Postgres): fetch latency with 1k and with 1M tasks queued.
 - idle: CPU of the API process while 500 consumers long-poll an empty queue.
+- serial: what one task at a time costs. One producer (sync httpx, one create per call, back
+  to back) and real consumer processes (``python -m consumer``, echo, concurrency 32): e2e
+  tasks/s, the API's and the consumers' CPU per task (process CPU time / tasks), the create
+  p50 with no consumers and with consumers busy, and the pickup p50 of creates at 100/s
+  (create call start → the consumer's lease, by the database's ``started_at``). For a peer
+  figure run the Celery peer bench beside it with the same shape (one producer, --preload 0).
 - events: CPU of the API process while 500 event streams (GET /api/tasks/{id}/events, one per
   PENDING task) stay open and nothing changes: keep-alives and the replica's shared recheck only.
 Each client process runs its own event loop, as separate consumer processes would.
@@ -24,6 +30,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import httpx  # noqa: E402
 
-from support import api_process, postgres_database  # noqa: E402
+from support import ROOT, api_process, consumer_process, postgres_database, wait_http  # noqa: E402
 from taskfleet.client import ConsumerClient, ProducerClient  # noqa: E402
 
 try:
@@ -323,6 +330,140 @@ def events_cpu(server, n: int, seconds: float) -> dict:
     return {"open_streams": n, "api_cpu_pct_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 2)}
 
 
+# -- serial: one task at a time through real consumers ------------------------------------------
+def serial_creates(url: str, n: int, rate: float | None = None) -> list[tuple[str, float, float]]:
+    """``n`` creates from one sync client, one per call, back to back (or ``rate`` per second,
+    open loop): (task id, wall time the call started, its latency in ms) for each."""
+    out = []
+    with httpx.Client(base_url=url, timeout=30, trust_env=False) as http:
+        for _ in range(20):  # warm the connection
+            http.post("/api/tasks", json={"workflow": "echo", "input": {"data": -1}}).raise_for_status()
+        start = time.perf_counter()
+        for i in range(n):
+            if rate is not None:
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            sent, t = time.time(), time.perf_counter()
+            response = http.post("/api/tasks", json={"workflow": "echo", "input": {"data": i}})
+            latency = (time.perf_counter() - t) * 1000
+            response.raise_for_status()
+            out.append((response.json()["task_id"], sent, latency))
+    return out
+
+
+def task_times(db_url: str, ids: list[str]) -> dict[str, tuple]:
+    """(status, created_at, started_at, finished_at) of each task, read from the database."""
+    query = "SELECT id, status, created_at, started_at, finished_at FROM tasks WHERE id = ANY($1)"
+    if db_url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(db_url.split(":///", 1)[1])
+        try:
+            rows = []
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                rows += conn.execute(query.replace("= ANY($1)", f"IN ({','.join('?' * len(chunk))})"), chunk).fetchall()
+        finally:
+            conn.close()
+    else:
+        import asyncpg
+
+        async def read():
+            conn = await asyncpg.connect(db_url)
+            try:
+                return [tuple(r) for r in await conn.fetch(query, ids)]
+            finally:
+                await conn.close()
+
+        rows = run(read())
+    return {r[0]: r[1:] for r in rows}
+
+
+def wait_completed(db_url: str, ids: list[str], timeout_s: float = 300) -> dict[str, tuple]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        times = task_times(db_url, ids)
+        if sum(1 for t in times.values() if t[0] == "COMPLETED") == len(ids):
+            return times
+        if time.monotonic() > deadline:
+            raise TimeoutError("serial bench: tasks did not complete")
+        time.sleep(0.2)
+
+
+class Consumers:
+    """Real consumer processes (``python -m consumer``), their output in a file."""
+
+    def __init__(self, url: str, tmp_path: Path, count: int, concurrency: int, log_level: str) -> None:
+        self.servers = [
+            consumer_process(url, tmp_path, "echo", TASKFLEET_CONCURRENCY=concurrency, TASKFLEET_FETCH_WAIT_S=10,
+                             TASKFLEET_LOG_LEVEL=log_level, TASKFLEET_LOG_FORMAT="json", TASKFLEET_CONSUMER_ID=f"serial{i}")
+            for i in range(count)
+        ]
+        self._log = open(tmp_path / "consumers.log", "ab")
+
+    def __enter__(self) -> "Consumers":
+        for s in self.servers:
+            env = {**os.environ, **s.env, "PYTHONUNBUFFERED": "1"}
+            s.process = subprocess.Popen([sys.executable, "-m", "consumer"], env=env, cwd=ROOT,
+                                         stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        for s in self.servers:
+            wait_http(s.url + s.health_path, 30, s.process)
+        return self
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(s.process.pid) for s in self.servers)
+
+    def __exit__(self, *exc: object) -> None:
+        for s in self.servers:
+            s.terminate()
+        self._log.close()
+
+
+def serial(server, db_url: str, tmp_path: Path, args) -> dict:
+    """One producer, one create per call, back to back, through real consumers; see the module doc."""
+    idle = serial_creates(server.url, 300)  # no consumer yet: what a create costs on its own
+    result: dict = {"tasks": args.serial_n, "consumers": args.consumers, "concurrency": args.serial_concurrency,
+                    "create_p50_ms_no_consumers": round(pct([c[2] for c in idle], 50), 3)}
+    with Consumers(server.url, tmp_path, args.consumers, args.serial_concurrency, args.consumer_log_level) as consumers:
+        wait_completed(db_url, [c[0] for c in idle])
+        time.sleep(1)
+        profilers = [
+            subprocess.Popen(["py-spy", "record", "-p", str(pid), "-f", "raw", "-r", "500", "-o",
+                              str(Path(args.py_spy) / f"{name}.{os.getpid()}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, pid in [("api", server.process.pid)] + [(f"consumer{i}", s.process.pid) for i, s in enumerate(consumers.servers)]
+        ] if args.py_spy else []
+        time.sleep(1 if profilers else 0)
+        api0, csm0 = cpu_seconds(server.process.pid), consumers.cpu()
+        creates = serial_creates(server.url, args.serial_n)
+        times = wait_completed(db_url, [c[0] for c in creates])
+        api1, csm1 = cpu_seconds(server.process.pid), consumers.cpu()
+        for profiler in profilers:
+            profiler.send_signal(2)  # SIGINT: py-spy writes its file and exits
+            profiler.wait(30)
+        n = len(creates) + 20  # the warm-up creates were served too
+        first = min(c[1] for c in creates)
+        last = max(t[3] for t in times.values())
+        paced = serial_creates(server.url, args.pickup_n, rate=100.0)
+        paced_times = wait_completed(db_url, [c[0] for c in paced])
+    leased = [(paced_times[tid][2] - sent) * 1000 for tid, sent, _ in paced]
+    result.update({
+        "e2e_tasks_per_s": round(len(creates) / (last - first), 1),
+        "api_cpu_ms_per_task": round(1000 * (api1 - api0) / n, 3),
+        "consumer_cpu_ms_per_task": round(1000 * (csm1 - csm0) / n, 3),
+        "cpu_ms_per_task": round(1000 * (api1 - api0 + csm1 - csm0) / n, 3),
+        "create_p50_ms_consumers_busy": round(pct([c[2] for c in creates], 50), 3),
+        "create_p99_ms_consumers_busy": round(pct([c[2] for c in creates], 99), 3),
+        # Create call start → the lease's start in the database: a hand-off leases at the
+        # insert, so this is not when the consumer holds it; the pickup section measures that.
+        "leased_100_per_s_p50_ms": round(pct(leased, 50), 2),
+    })
+    # Pickup (the task in a long-polling consumer's hands) at 100/s, measured as the pickup
+    # section does, once the serial consumers are gone.
+    result["pickup_100_per_s"] = pickup(server.url, args.pickup_n, 100.0)
+    return result
+
+
 def bench_backend(backend: str, only: set[str], args) -> dict:
     results: dict = {"backend": backend}
     with tempfile.TemporaryDirectory() as tmp:
@@ -354,6 +495,8 @@ def bench_backend(backend: str, only: set[str], args) -> dict:
                     # CPU time, unlike wall time, holds up on a machine shared with other work.
                     results[mode]["api_cpu_ms_per_task"] = round(
                         1000 * (cpu_seconds(server.process.pid) - cpu0) / results[mode]["tasks"], 3)
+                if "serial" in only:
+                    results["serial"] = serial(server, db_url, tmp_path, args)
                 if "pickup" in only:
                     results["pickup"] = pickup(server.url, args.pickup_n, 100.0)
                 if "idle" in only:
@@ -373,7 +516,7 @@ def bench_backend(backend: str, only: set[str], args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", default="both", choices=["sqlite", "postgres", "both"])
-    parser.add_argument("--only", default="throughput,pickup,claim,idle,events")
+    parser.add_argument("--only", default="throughput,pickup,claim,idle,events,serial")
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8, help="create requests in flight per producer")
@@ -382,6 +525,10 @@ def main() -> None:
     parser.add_argument("--pickup-n", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=50, help="tasks per create request in the batched run")
     parser.add_argument("--modes", default="mixed,single,batched")
+    parser.add_argument("--serial-n", type=int, default=2000, help="tasks the serial producer creates")
+    parser.add_argument("--serial-concurrency", type=int, default=32, help="TASKFLEET_CONCURRENCY of each serial consumer")
+    parser.add_argument("--py-spy", metavar="DIR", help="record py-spy raw profiles of the API and consumers in the serial run")
+    parser.add_argument("--consumer-log-level", default="INFO", help="the serial consumers' TASKFLEET_LOG_LEVEL")
     args = parser.parse_args()
     only = set(args.only.split(","))
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]

@@ -160,6 +160,7 @@ class Attempts:
         self.metrics.in_flight.labels(r.name).inc()
         started = time.perf_counter()
         outcome = "error"
+        ran_s: float | None = None
         workdir: Path | None = None
         heartbeat: asyncio.Task | None = None
         try:
@@ -193,6 +194,7 @@ class Attempts:
                 except Exception as exc:  # noqa: BLE001 -- every failure of a processor is reported
                     error = exc
                 heartbeat.cancel()
+            ran_s = self._free_slot(running, started)
             outcome = await self._finish(running, output, error)
         finally:
             if heartbeat is not None:
@@ -202,11 +204,19 @@ class Attempts:
             if workdir is not None:
                 # Inline, not in a thread: unlinking a few files is cheaper than the thread hop.
                 shutil.rmtree(workdir, ignore_errors=True)
-            self.running.pop(running.task_id, None)
-            self.metrics.in_flight.labels(r.name).dec()
+            if ran_s is None:
+                ran_s = self._free_slot(running, started)
             self.metrics.tasks.labels(r.name, outcome).inc()
-            self.metrics.task_seconds.labels(r.name, outcome).observe(time.perf_counter() - started)
-            self.capacity.changed.set()
+            self.metrics.task_seconds.labels(r.name, outcome).observe(ran_s)
+
+    def _free_slot(self, running: Running, started: float) -> float:
+        """The work is over: its slot is free before the report goes out, which may ride on the
+        next fetch and so be answered only when that fetch is (see FetchLoop). Returns how long
+        the task ran."""
+        self.running.pop(running.task_id, None)
+        self.metrics.in_flight.labels(running.runnable.name).dec()
+        self.capacity.changed.set()
+        return time.perf_counter() - started
 
     def _context(self, running: Running, workdir: Path) -> TaskContext:
         task, r = running.task, running.runnable

@@ -33,7 +33,7 @@ from task_api.schemas import (
     task_json,
 )
 from task_api.services import Services
-from taskfleet.errors import TaskfleetError
+from taskfleet.errors import InvalidInput, TaskfleetError
 
 
 def status_body(row: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +74,27 @@ def consumer_router(svc: Services) -> APIRouter:
     attempts = svc.metrics.attempts
     count_compute = svc.metrics.count_compute
 
+    def leased_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {**task_json(r), "lease": {"id": r["lease_id"], "expires_at": iso(r["lease_expires_at"])}}
+            for r in rows
+        ]
+
+    async def long_poll(request: Request, workflow: list[str], consumer_id: str, host: str | None, limit: int,
+                        wait_s: float) -> list[dict[str, Any]]:
+        hang_up = HangUpWatch(request)
+        try:
+            return await queue.fetch(
+                workflow,
+                consumer_id=consumer_id,
+                host=host or (request.client.host if request.client else None),
+                limit=limit,
+                wait_s=wait_s,
+                gone=hang_up,
+            )
+        finally:
+            hang_up.close()
+
     @router.get(
         "/api/comm/task/fetch",
         response_model=FetchResponse,
@@ -90,25 +111,10 @@ def consumer_router(svc: Services) -> APIRouter:
     ) -> Response:
         for name in workflow:
             svc.workflows.get(name)  # an unknown workflow is a 422, not an endless empty wait
-        hang_up = HangUpWatch(request)
-        try:
-            rows = await queue.fetch(
-                workflow,
-                consumer_id=consumer_id,
-                host=host or (request.client.host if request.client else None),
-                limit=limit,
-                wait_s=wait_s,
-                gone=hang_up,
-            )
-        finally:
-            hang_up.close()
+        rows = await long_poll(request, workflow, consumer_id, host, limit, wait_s)
         if not rows:
             return Response(status_code=204)
-        tasks = [
-            {**task_json(r), "lease": {"id": r["lease_id"], "expires_at": iso(r["lease_expires_at"])}}
-            for r in rows
-        ]
-        return JSONResponse({"tasks": tasks})
+        return JSONResponse({"tasks": leased_json(rows)})
 
     @router.post("/api/comm/task/{task_id}/heartbeat", response_model=HeartbeatResponse)
     async def heartbeat(task_id: Text, body: HeartbeatRequest) -> JSONResponse:
@@ -126,9 +132,19 @@ def consumer_router(svc: Services) -> APIRouter:
         return JSONResponse(status_body(row))
 
     @router.post("/api/comm/tasks/complete", response_model=CompleteManyResponse)
-    async def complete_many(body: CompleteMany) -> JSONResponse:
+    async def complete_many(request: Request, body: CompleteMany) -> JSONResponse:
         """Several completions in one request and one transaction, each fenced on its own
-        lease: a lost lease is reported for that item (``lease_lost``) and changes nothing."""
+        lease: a lost lease is reported for that item (``lease_lost``) and changes nothing.
+
+        With ``fetch``, the same request is then the consumer's next fetch: once the
+        completions are committed it claims (waiting up to ``wait_s``, as the fetch route
+        does) and answers the new leases in ``tasks`` beside the results."""
+        fetch = body.fetch
+        if fetch is not None:
+            if fetch.wait_s > svc.settings.max_wait_s:
+                raise InvalidInput(f"fetch.wait_s may be at most {svc.settings.max_wait_s:g}", code="validation_error")
+            for name in fetch.workflow:
+                svc.workflows.get(name)  # an unknown workflow is refused before anything is completed
         rows = await queue.complete_many([(i.task_id, i.lease_id, i.output, i.compute_s) for i in body.items])
         results = []
         for item, row in zip(body.items, rows):
@@ -138,7 +154,10 @@ def consumer_router(svc: Services) -> APIRouter:
                 attempts.labels(row["workflow"], "completed").inc()
                 count_compute(row, item.compute_s)
                 results.append({"task_id": item.task_id, "status": row["status"]})
-        return JSONResponse({"results": results})
+        if fetch is None:
+            return JSONResponse({"results": results})
+        leased = await long_poll(request, fetch.workflow, fetch.consumer_id, fetch.host, fetch.limit, fetch.wait_s)
+        return JSONResponse({"results": results, "tasks": leased_json(leased)})
 
     @router.post("/api/comm/task/{task_id}/fail", response_model=StatusResponse)
     async def fail(task_id: Text, body: FailRequest) -> JSONResponse:

@@ -181,8 +181,20 @@ class CompleteItem(CompleteRequest):
     task_id: Text = Field(min_length=1, max_length=100)
 
 
+class NextFetch(Strict):
+    """A fetch made once the completions are committed, answered in the same response: the
+    consumer's next tasks, without a request of their own. Same bounds as the fetch route."""
+
+    workflow: list[Text] = Field(default_factory=list, max_length=50)
+    consumer_id: Text = Field("anonymous", min_length=1, max_length=200)
+    host: Optional[Text] = Field(None, max_length=255)
+    limit: int = Field(1, ge=1, le=100)
+    wait_s: float = Field(0.0, ge=0)  # capped by TASKFLEET_MAX_WAIT_S in the route
+
+
 class CompleteMany(Strict):
     items: list[CompleteItem] = Field(min_length=1, max_length=500)
+    fetch: Optional[NextFetch] = None
 
 
 class ItemResult(BaseModel):
@@ -193,6 +205,7 @@ class ItemResult(BaseModel):
 
 class CompleteManyResponse(BaseModel):
     results: list[ItemResult]
+    tasks: Optional[list[LeasedTask]] = Field(None, description="with ``fetch``: the tasks it leased (maybe none)")
 
 
 class FailRequest(LeaseRequest):

@@ -334,6 +334,22 @@ class ConsumerClient(_Base):
         body = {"items": [_complete_item(*item) for item in items]}
         return (await self._call("POST", "/api/comm/tasks/complete", json=body)).json()["results"]
 
+    async def complete_and_fetch(
+        self, items: list[tuple], workflows: Iterable[str] | None = None, *, limit: int = 1,
+        wait_s: float = 20.0,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """``complete_many``, and then this consumer's next fetch in the same request: (the
+        results, the tasks it leased). The completions are committed before the fetch waits,
+        so the results arrive with the tasks, up to ``wait_s`` later."""
+        body = {
+            "items": [_complete_item(*item) for item in items],
+            "fetch": {"workflow": list(workflows or ()), "consumer_id": self.consumer_id, "host": self.host,
+                      "limit": limit, "wait_s": wait_s},
+        }
+        response = await self._call("POST", "/api/comm/tasks/complete", json=body, timeout=wait_s + self._http.timeout.read)
+        answer = response.json()
+        return answer["results"], answer["tasks"]
+
     async def fail(
         self,
         task_id: str,
