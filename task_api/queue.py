@@ -18,6 +18,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from task_api.events import TaskEvents
+from task_api.producers import Producers
 from task_api.settings import DEFAULT_PRODUCER
 from task_api.pipeline_runs import Effects, PipelineRunner, stages_view
 from task_api.store import Row, Store, sql
@@ -61,15 +62,17 @@ class Queue:
         on_webhook: Callable[[], None] | None = None,
         pipelines: PipelineRunner | None = None,
         events: TaskEvents | None = None,
+        producers: Producers | None = None,
     ) -> None:
         self.store = store
+        self.producers = producers or Producers()
         self._dispatcher = dispatcher
         self.lease_s = lease_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._on_finished = on_finished or (lambda row: None)
         self._on_webhook = on_webhook or (lambda: None)
-        self.pipelines = pipelines or PipelineRunner({}, {})
+        self.pipelines = pipelines or PipelineRunner({}, {}, producers=self.producers)
         self.events = events or TaskEvents()
         self._creates: Coalescer[dict[str, Any], tuple[Row, bool]] = Coalescer(self._create_together)
 
@@ -205,7 +208,7 @@ class Queue:
         waiter = self._dispatcher.take(p["workflow"])
         if waiter is None:
             # One statement is its own transaction on both backends: no BEGIN/COMMIT round trips.
-            return await self.store.fetchrow(sql.INSERT_TASK, p), False
+            return await self.store.insert_task(p), False
         leased = {**p, "lease_id": uuid.uuid4().hex, "consumer_id": waiter.consumer_id, "host": waiter.host,
                   "lease_s": self.lease_s}  # fmt: skip
         try:
@@ -227,8 +230,8 @@ class Queue:
                     "lease_expires_at": None, "started_at": None}  # fmt: skip
         return accepted, True
 
-    @staticmethod
-    def _insert_params(spec: dict[str, Any], now: float) -> dict[str, Any]:
+    def _insert_params(self, spec: dict[str, Any], now: float) -> dict[str, Any]:
+        producer = spec.get("producer", DEFAULT_PRODUCER)
         return {
             "id": f"tsk_{uuid.uuid4().hex}",
             "workflow": spec["workflow"],
@@ -241,7 +244,8 @@ class Queue:
             "idempotency_key": spec["idempotency_key"],
             "request_hash": spec["body_hash"],
             "notify_done": int(spec.get("notify_done", False)),
-            "producer": spec.get("producer", DEFAULT_PRODUCER),
+            "producer": producer,
+            "fair_step": self.producers.fair_step(producer),
             "now": now,
         }
 

@@ -85,6 +85,11 @@ class Store(abc.ABC):
         task's new row, or None where its idempotency key was already taken."""
 
     @abc.abstractmethod
+    async def insert_task(self, params: dict[str, Any]) -> Row | None:
+        """Insert one PENDING task, one statement (its own transaction outside one): its new
+        row, or None where its idempotency key was already taken."""
+
+    @abc.abstractmethod
     async def insert_tasks_together(self, params: list[dict[str, Any]]) -> list[Row | None]:
         """As ``insert_tasks``, all in one commit (group commit); a taken key skips its own
         row only."""

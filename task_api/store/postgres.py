@@ -159,6 +159,9 @@ class PostgresStore(Store):
 
     insert_tasks_together = insert_tasks  # one statement: atomic, and one commit, by itself
 
+    async def insert_task(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.INSERT_TASK_POSTGRES, params)
+
     async def insert_leased_task(self, params: dict[str, Any], hand: Callable[[Row], None]) -> Row | None:
         row = await self.fetchrow(sql.INSERT_LEASED_TASK_POSTGRES, params)
         if row is not None:
