@@ -15,6 +15,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from typing import Any, Callable, Iterable
 
 from task_api.events import TaskEvents
@@ -24,12 +25,15 @@ from task_api.pipeline_runs import Effects, PipelineRunner, stages_view
 from task_api.store import Row, Store, sql
 from task_api.wakeup import Dispatcher, Waiter
 from taskfleet.coalesce import Coalescer
-from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound
+from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound, TooManyRequests
 from taskfleet.states import TERMINAL
 
 log = logging.getLogger("taskfleet.api.tasks")
 
 SYNC_PRIORITY = 1_000_000  # /process runs before anything a producer can ask for
+# Retry-After of a create refused for a full pending quota: the backlog drains at the fleet's
+# pace, which the API cannot know; a few seconds keeps a polite client from hammering.
+QUOTA_RETRY_S = 5.0
 
 
 def dumps(value: Any) -> str:
@@ -129,6 +133,11 @@ class Queue:
         A pipeline goes in with its first stages' tasks, in one transaction of its own."""
         pipeline = self.pipelines.is_pipeline(spec["workflow"])
         params = self._insert_params(spec, time.time())
+        if self.producers.limited(params["producer"]):
+            await self._take_create_tokens([params])
+            if params["producer"] in self.producers.max_pending:
+                # The quota's count and the insert go in one locked transaction (create_many's).
+                return (await self._create_many([params], tokens_taken=True))[0]
         result = await (self._create_pipeline(params) if pipeline else self._creates.submit(params))
         # Logged here, in the producer's request: the coalesced write runs in another's context.
         if result[1]:
@@ -144,10 +153,15 @@ class Queue:
         included. Each spec holds workflow, input, priority, max_attempts, timeout_s,
         webhook_url, metadata, idempotency_key, body_hash and optionally notify_done."""
         now = time.time()
-        params = [self._insert_params(spec, now) for spec in specs]
+        return await self._create_many([self._insert_params(spec, now) for spec in specs])
+
+    async def _create_many(self, params: list[dict[str, Any]], tokens_taken: bool = False) -> list[tuple[Row, bool]]:
+        if not tokens_taken:
+            await self._take_create_tokens(params)
         plain = [p for p in params if not self.pipelines.is_pipeline(p["workflow"])]
         effects = Effects()
         async with self.store.transaction() as tx:
+            await self._check_quotas(tx, params)
             inserted = dict(zip((p["id"] for p in plain), await tx.insert_tasks(plain) if plain else []))
             results = []
             for p in params:
@@ -161,6 +175,44 @@ class Queue:
             if created:
                 self._log_change(row, "created")
         return results
+
+    # -- producers' limits (CONTRACT §9) -------------------------------------------------------
+    async def _take_create_tokens(self, params: list[dict[str, Any]]) -> None:
+        """A rate-limited producer's creates take a token per task from its fleet-wide bucket
+        (one second's worth at most); refused, the answer says when enough will be back."""
+        counts = Counter(p["producer"] for p in params if p["producer"] in self.producers.rates)
+        for producer, n in counts.items():
+            rate = self.producers.rates[producer]
+            capacity = max(1.0, rate)
+            now = params[0]["now"]
+            if await self.store.take_create_tokens(producer, n, rate, capacity, now) is None:
+                held = await self.store.create_tokens_now(producer, rate, capacity, now)
+                raise TooManyRequests(
+                    f"producer {producer!r} is over its rate of {rate:g} creates/s",
+                    retry_after_s=max(0.0, (min(n, capacity) - held) / rate),
+                )
+
+    async def _check_quotas(self, tx: Store, params: list[dict[str, Any]]) -> None:
+        """Inside the create's transaction, under the producer's lock: its PENDING tasks and
+        these may not pass its quota. Tasks that already exist under these idempotency keys are
+        not new, so a resent create still gets its task back."""
+        counts = Counter(p["producer"] for p in params if p["producer"] in self.producers.max_pending)
+        for producer, n in counts.items():
+            await tx.lock_producer(producer)
+            limit = self.producers.max_pending[producer]
+            pending = await tx.fetchval(sql.COUNT_PRODUCER_PENDING, {"producer": producer})
+            if pending + n <= limit:
+                continue
+            for p in params:
+                if p["producer"] == producer and p["idempotency_key"] is not None:
+                    if await tx.fetchrow(sql.SELECT_BY_IDEMPOTENCY_KEY, {"key": p["idempotency_key"]}):
+                        n -= 1
+            if pending + n > limit:
+                raise TooManyRequests(
+                    f"producer {producer!r} has {pending} tasks pending; its quota is {limit}"
+                    + (f" (this create adds {n})" if n > 1 else ""),
+                    code="quota_exceeded", retry_after_s=QUOTA_RETRY_S,
+                )
 
     async def _create_pipeline(self, p: dict[str, Any]) -> tuple[Row, bool]:
         effects = Effects()

@@ -78,6 +78,19 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[Store]:
         """The statements run on the store it yields commit together, or not at all."""
 
+    # -- producers' limits --------------------------------------------------------------------
+    @abc.abstractmethod
+    async def take_create_tokens(self, producer: str, n: int, rate: float, capacity: float, now: float) -> float | None:
+        """Take ``n`` create tokens from the producer's fleet-wide bucket (sql.TAKE_CREATE_TOKENS_*):
+        None when refused, else what the bucket holds after."""
+
+    @abc.abstractmethod
+    async def create_tokens_now(self, producer: str, rate: float, capacity: float, now: float) -> float: ...
+
+    async def lock_producer(self, producer: str) -> None:
+        """Inside a transaction: hold the producer's lock until it ends (its quota check and
+        insert). A no-op where the transaction already excludes other writers."""
+
     # -- state changes, one shape per dialect -----------------------------------------------
     @abc.abstractmethod
     async def insert_tasks(self, params: list[dict[str, Any]]) -> list[Row | None]:

@@ -151,6 +151,18 @@ class PostgresStore(Store):
         await self._pool.fetchval("SELECT 1")
 
     # -- state changes: each one statement, one round trip -------------------------------------
+    async def take_create_tokens(self, producer: str, n: int, rate: float, capacity: float, now: float) -> float | None:
+        return await self.fetchval(
+            sql.TAKE_CREATE_TOKENS_POSTGRES, {"producer": producer, "n": n, "rate": rate, "capacity": capacity, "now": now}
+        )
+
+    async def create_tokens_now(self, producer: str, rate: float, capacity: float, now: float) -> float:
+        value = await self.fetchval(sql.CREATE_TOKENS_NOW_POSTGRES, {"producer": producer, "rate": rate, "capacity": capacity, "now": now})
+        return capacity if value is None else float(value)
+
+    async def lock_producer(self, producer: str) -> None:
+        await self.fetchval(sql.LOCK_PRODUCER_POSTGRES, {"producer": producer})
+
     async def insert_tasks(self, params: list[dict[str, Any]]) -> list[Row | None]:
         columns = {f"{name}_list": [p[name] for p in params] for name in sql.INSERT_TASKS_COLUMNS}
         rows = await self.fetch(sql.INSERT_TASKS_POSTGRES, {**columns, "now": params[0]["now"]})

@@ -55,6 +55,8 @@ PG_TYPES = {
     "lease_id_list": "text[]", "output_list": "text[]",
     # INSERT_STAGE_TASKS_POSTGRES's extra columns
     "parent_id_list": "text[]", "stage_list": "text[]", "item_index_list": "int[]",
+    # TAKE_CREATE_TOKENS
+    "rate": "float8", "capacity": "float8", "n": "float8",
 }
 
 
@@ -104,6 +106,40 @@ def _fair_key(producer: str, priority: str, step: str, dialect: str) -> str:
 
 FAIR_KEY_SQLITE = _fair_key(":producer", ":priority", ":fair_step", "sqlite")
 FAIR_KEY_POSTGRES = _fair_key(":producer", ":priority", ":fair_step", "postgres")
+
+
+# -- producers' limits ------------------------------------------------------------------
+# A rate-limited producer's create takes :n tokens from its bucket, refilled at :rate per second
+# up to :capacity, in one statement that every replica runs against the same row: the
+# read-refill-take is atomic (the row's lock on Postgres, the single writer on SQLite), so
+# replicas never both spend the same token. Refused (no row returned) unless the bucket holds
+# :n tokens, or is full: a batch bigger than the burst passes only from a full bucket and leaves
+# it in debt, so the long-run rate still holds. The first create of a producer makes its row.
+def _take_create_tokens(least: str, greatest: str) -> str:
+    refilled = f"{least}(:capacity, producer_buckets.tokens + {greatest}(0, :now - producer_buckets.updated_at) * :rate)"
+    return f"""
+INSERT INTO producer_buckets (producer, tokens, updated_at) VALUES (:producer, :capacity - :n, :now)
+ON CONFLICT (producer) DO UPDATE
+SET tokens = {refilled} - :n, updated_at = {greatest}(:now, producer_buckets.updated_at)
+WHERE {refilled} >= {least}(:n, :capacity)
+RETURNING tokens
+"""
+
+
+TAKE_CREATE_TOKENS_SQLITE = _take_create_tokens("min", "max")
+TAKE_CREATE_TOKENS_POSTGRES = _take_create_tokens("LEAST", "GREATEST")
+# After a refusal: the tokens the bucket holds now, for the answer's Retry-After.
+CREATE_TOKENS_NOW_SQLITE = (
+    "SELECT min(:capacity, tokens + max(0, :now - updated_at) * :rate) FROM producer_buckets WHERE producer = :producer"
+)
+CREATE_TOKENS_NOW_POSTGRES = (
+    "SELECT LEAST(:capacity, tokens + GREATEST(0, :now - updated_at) * :rate) FROM producer_buckets WHERE producer = :producer"
+)
+# A producer's pending quota is checked and its tasks inserted in one transaction that first
+# takes this lock, so two replicas' creates for one producer cannot both pass on the same
+# count (SQLite's BEGIN IMMEDIATE already runs one writer at a time).
+LOCK_PRODUCER_POSTGRES = "SELECT pg_advisory_xact_lock(hashtext('taskfleet.producer.' || :producer))"
+COUNT_PRODUCER_PENDING = "SELECT count(*) FROM tasks WHERE status = 'PENDING' AND producer = :producer"
 
 
 # -- create -------------------------------------------------------------------------------

@@ -138,6 +138,15 @@ class SqliteStore(Store):
         self._conn.execute("SELECT 1").fetchone()
 
     # -- state changes: each one transaction of several statements ----------------------------
+    async def take_create_tokens(self, producer: str, n: int, rate: float, capacity: float, now: float) -> float | None:
+        return await self.fetchval(
+            sql.TAKE_CREATE_TOKENS_SQLITE, {"producer": producer, "n": n, "rate": rate, "capacity": capacity, "now": now}
+        )
+
+    async def create_tokens_now(self, producer: str, rate: float, capacity: float, now: float) -> float:
+        value = await self.fetchval(sql.CREATE_TOKENS_NOW_SQLITE, {"producer": producer, "rate": rate, "capacity": capacity, "now": now})
+        return capacity if value is None else float(value)
+
     async def insert_tasks(self, params: list[dict[str, Any]]) -> list[Row | None]:
         # In-process: a statement per row costs no round trip.
         return [await self.fetchrow(sql.INSERT_TASK_SQLITE, p) for p in params]
