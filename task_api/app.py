@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +24,7 @@ from task_api.housekeeping import purge_forever, reap_forever
 from task_api.metrics import ApiMetrics
 from task_api.openapi import install_openapi
 from task_api.pipeline_runs import PipelineRunner
+from task_api.producers import Producers
 from task_api.queue import Queue
 from task_api.routes_admin import admin_router
 from task_api.routes_consumer import consumer_router
@@ -61,7 +63,7 @@ def error_response(
     body = error_body(code, message, details)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if retry_after_s is not None:
-        headers = {"Retry-After": str(max(1, round(retry_after_s)))}
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
     return JSONResponse(jsonable_encoder(body, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}), status_code=status, headers=headers)
 
 
@@ -82,7 +84,8 @@ def create_app(
     # (PipelineLoadError, one line naming the file), not at some producer's create.
     workflows = workflows or WorkflowRegistry.from_entry_points()
     definitions = pipeline_defs.load(workflows.names(), settings.pipelines_dir or None)
-    runner = PipelineRunner(definitions, {wf.name: wf for wf in workflows.all()}, settings.max_fanout)
+    producers = Producers(weights=settings.weights, rates=settings.rates, max_pending=settings.max_pending)
+    runner = PipelineRunner(definitions, {wf.name: wf for wf in workflows.all()}, settings.max_fanout, producers=producers)
     auth = Authenticator(settings.token_sets, host=settings.host, producer_names=settings.producer_names)
     store = open_store(settings.database_url)
     dispatcher = Dispatcher()
@@ -106,6 +109,7 @@ def create_app(
         on_webhook=webhooks.poke,
         pipelines=runner,
         events=events,
+        producers=producers,
     )
     svc = Services(
         settings=settings,

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from task_api.producers import Producers
 from task_api.store import Row, Store, sql
 from taskfleet.errors import InvalidInput
 from taskfleet.pipelines import Pipeline, Stage, from_json
@@ -44,8 +45,12 @@ class Effects:
 
 
 class PipelineRunner:
-    def __init__(self, definitions: Mapping[str, Pipeline], workflows: Mapping[str, Any], max_fanout: int = 1000) -> None:
+    def __init__(
+        self, definitions: Mapping[str, Pipeline], workflows: Mapping[str, Any], max_fanout: int = 1000,
+        *, producers: Producers | None = None,
+    ) -> None:
         self.definitions = dict(definitions)
+        self.producers = producers or Producers()  # stage tasks' fair-share steps: their pipeline's producer's
         self.workflows = workflows  # name → Workflow: stage input checks and per-workflow defaults
         self.max_fanout = max_fanout
 
@@ -214,7 +219,7 @@ class PipelineRunner:
                 "timeout_s": float(stage.timeout_s or workflow.timeout_s),
                 "metadata": pipeline["metadata"], "parent_id": pipeline["id"], "stage": stage.name,
                 "item_index": index, "pending_ttl_s": pipeline["pending_ttl_s"], "producer": pipeline["producer"],
-                "now": now,
+                "fair_step": self.producers.fair_step(pipeline["producer"]), "now": now,
             })  # fmt: skip
         return params
 

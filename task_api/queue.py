@@ -15,20 +15,25 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from typing import Any, Callable, Iterable
 
 from task_api.events import TaskEvents
+from task_api.producers import Producers
 from task_api.settings import DEFAULT_PRODUCER
 from task_api.pipeline_runs import Effects, PipelineRunner, stages_view
 from task_api.store import Row, Store, sql
 from task_api.wakeup import Dispatcher, Waiter
 from taskfleet.coalesce import Coalescer
-from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound
+from taskfleet.errors import BadRequest, Conflict, LeaseLost, NotFound, TooManyRequests
 from taskfleet.states import TERMINAL
 
 log = logging.getLogger("taskfleet.api.tasks")
 
 SYNC_PRIORITY = 1_000_000  # /process runs before anything a producer can ask for
+# Retry-After of a create refused for a full pending quota: the backlog drains at the fleet's
+# pace, which the API cannot know; a few seconds keeps a polite client from hammering.
+QUOTA_RETRY_S = 5.0
 
 
 def dumps(value: Any) -> str:
@@ -61,15 +66,17 @@ class Queue:
         on_webhook: Callable[[], None] | None = None,
         pipelines: PipelineRunner | None = None,
         events: TaskEvents | None = None,
+        producers: Producers | None = None,
     ) -> None:
         self.store = store
+        self.producers = producers or Producers()
         self._dispatcher = dispatcher
         self.lease_s = lease_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._on_finished = on_finished or (lambda row: None)
         self._on_webhook = on_webhook or (lambda: None)
-        self.pipelines = pipelines or PipelineRunner({}, {})
+        self.pipelines = pipelines or PipelineRunner({}, {}, producers=self.producers)
         self.events = events or TaskEvents()
         self._creates: Coalescer[dict[str, Any], tuple[Row, bool]] = Coalescer(self._create_together)
 
@@ -126,6 +133,11 @@ class Queue:
         A pipeline goes in with its first stages' tasks, in one transaction of its own."""
         pipeline = self.pipelines.is_pipeline(spec["workflow"])
         params = self._insert_params(spec, time.time())
+        if self.producers.limited(params["producer"]):
+            await self._take_create_tokens([params])
+            if params["producer"] in self.producers.max_pending:
+                # The quota's count and the insert go in one locked transaction (create_many's).
+                return (await self._create_many([params], tokens_taken=True))[0]
         result = await (self._create_pipeline(params) if pipeline else self._creates.submit(params))
         # Logged here, in the producer's request: the coalesced write runs in another's context.
         if result[1]:
@@ -140,10 +152,15 @@ class Queue:
         included. Each spec holds workflow, input, priority, max_attempts, timeout_s,
         webhook_url, metadata, idempotency_key, body_hash and optionally notify_done."""
         now = time.time()
-        params = [self._insert_params(spec, now) for spec in specs]
+        return await self._create_many([self._insert_params(spec, now) for spec in specs])
+
+    async def _create_many(self, params: list[dict[str, Any]], tokens_taken: bool = False) -> list[tuple[Row, bool]]:
+        if not tokens_taken:
+            await self._take_create_tokens(params)
         plain = [p for p in params if not self.pipelines.is_pipeline(p["workflow"])]
         effects = Effects()
         async with self.store.transaction() as tx:
+            await self._check_quotas(tx, params)
             inserted = dict(zip((p["id"] for p in plain), await tx.insert_tasks(plain) if plain else []))
             results = []
             for p in params:
@@ -157,6 +174,44 @@ class Queue:
             if created:
                 self._log_change(row, "created")
         return results
+
+    # -- producers' limits (CONTRACT §9) -------------------------------------------------------
+    async def _take_create_tokens(self, params: list[dict[str, Any]]) -> None:
+        """A rate-limited producer's creates take a token per task from its fleet-wide bucket
+        (one second's worth at most); refused, the answer says when enough will be back."""
+        counts = Counter(p["producer"] for p in params if p["producer"] in self.producers.rates)
+        for producer, n in counts.items():
+            rate = self.producers.rates[producer]
+            capacity = max(1.0, rate)
+            now = params[0]["now"]
+            if await self.store.take_create_tokens(producer, n, rate, capacity, now) is None:
+                held = await self.store.create_tokens_now(producer, rate, capacity, now)
+                raise TooManyRequests(
+                    f"producer {producer!r} is over its rate of {rate:g} creates/s",
+                    retry_after_s=max(0.0, (min(n, capacity) - held) / rate),
+                )
+
+    async def _check_quotas(self, tx: Store, params: list[dict[str, Any]]) -> None:
+        """Inside the create's transaction, under the producer's lock: its PENDING tasks and
+        these may not pass its quota. Tasks that already exist under these idempotency keys are
+        not new, so a resent create still gets its task back."""
+        counts = Counter(p["producer"] for p in params if p["producer"] in self.producers.max_pending)
+        for producer, n in counts.items():
+            await tx.lock_producer(producer)
+            limit = self.producers.max_pending[producer]
+            pending = await tx.fetchval(sql.COUNT_PRODUCER_PENDING, {"producer": producer})
+            if pending + n <= limit:
+                continue
+            for p in params:
+                if p["producer"] == producer and p["idempotency_key"] is not None:
+                    if await tx.fetchrow(sql.SELECT_BY_IDEMPOTENCY_KEY, {"key": p["idempotency_key"]}):
+                        n -= 1
+            if pending + n > limit:
+                raise TooManyRequests(
+                    f"producer {producer!r} has {pending} tasks pending; its quota is {limit}"
+                    + (f" (this create adds {n})" if n > 1 else ""),
+                    code="quota_exceeded", retry_after_s=QUOTA_RETRY_S,
+                )
 
     async def _create_pipeline(self, p: dict[str, Any]) -> tuple[Row, bool]:
         effects = Effects()
@@ -204,7 +259,7 @@ class Queue:
         waiter = self._dispatcher.take(p["workflow"])
         if waiter is None:
             # One statement is its own transaction on both backends: no BEGIN/COMMIT round trips.
-            return await self.store.fetchrow(sql.INSERT_TASK, p), False
+            return await self.store.insert_task(p), False
         leased = {**p, "lease_id": uuid.uuid4().hex, "consumer_id": waiter.consumer_id, "host": waiter.host,
                   "lease_s": self.lease_s}  # fmt: skip
         try:
@@ -226,8 +281,8 @@ class Queue:
                     "lease_expires_at": None, "started_at": None}  # fmt: skip
         return accepted, True
 
-    @staticmethod
-    def _insert_params(spec: dict[str, Any], now: float) -> dict[str, Any]:
+    def _insert_params(self, spec: dict[str, Any], now: float) -> dict[str, Any]:
+        producer = spec.get("producer", DEFAULT_PRODUCER)
         return {
             "id": f"tsk_{uuid.uuid4().hex}",
             "workflow": spec["workflow"],
@@ -240,7 +295,8 @@ class Queue:
             "idempotency_key": spec["idempotency_key"],
             "request_hash": spec["body_hash"],
             "notify_done": int(spec.get("notify_done", False)),
-            "producer": spec.get("producer", DEFAULT_PRODUCER),
+            "producer": producer,
+            "fair_step": self.producers.fair_step(producer),
             # None: the task waits as long as it takes (no expires_in_s, no TASKFLEET_PENDING_TTL_S).
             "pending_ttl_s": spec.get("pending_ttl_s"),
             "rerun_of": spec.get("rerun_of"),

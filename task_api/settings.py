@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +33,41 @@ def named_tokens(value: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
+def known_producers(producer_tokens: str) -> set[str]:
+    """The producer names tasks can carry: every token's, ``admin``, and ``default`` where a
+    bare token (or open mode, no producer token at all) makes tasks of it."""
+    names = {name for name, _ in named_tokens(producer_tokens)} | {ADMIN_PRODUCER}
+    if not names - {ADMIN_PRODUCER}:
+        names.add(DEFAULT_PRODUCER)
+    return names
+
+
+def per_producer(value: str, known: set[str], kind: Literal["weight", "rate", "count"]) -> dict[str, float]:
+    """``web:3,batch:1`` → {"web": 3.0, "batch": 1.0}, every name a known producer and every
+    value a positive number (a count: a whole number ≥ 0). ValueError says what is wrong."""
+    found: dict[str, float] = {}
+    for entry in split_csv(value):
+        name, colon, text = entry.partition(":")
+        name, text = name.strip(), text.strip()
+        if not colon or not name:
+            raise ValueError(f"{entry!r} is not name:number")
+        if name not in known:
+            raise ValueError(f"unknown producer {name!r} (producers: {', '.join(sorted(known))})")
+        try:
+            number = float(text) if kind != "count" else int(text)
+        except ValueError:
+            what = "a whole number" if kind == "count" else "a number"
+            raise ValueError(f"{name}: {text!r} is not {what}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"{name}: {text!r} is not a finite number")
+        if number < 0 or (number == 0 and kind != "count"):
+            raise ValueError(f"{name}: {text} must be {'at least 0' if kind == 'count' else 'more than 0'}")
+        if name in found:
+            raise ValueError(f"producer {name!r} is named twice")
+        found[name] = float(number)
+    return found
+
+
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TASKFLEET_", extra="ignore")
 
@@ -47,6 +82,12 @@ class ApiSettings(BaseSettings):
     consumer_tokens: str = ""
     admin_tokens: str = ""
     metrics_token: str = ""
+    # Per producer (CONTRACT §9), each ``name:value,…`` over the names of producer_tokens:
+    # fair-share weight within a priority (default 1), creates per second (default unlimited)
+    # and most tasks PENDING at once (default unlimited).
+    producer_weights: str = ""
+    producer_rate: str = ""
+    producer_max_pending: str = ""
 
     max_body_mb: float = 16
     max_input_mb: float = 2048  # cap on POST /api/files, like downloads
@@ -102,6 +143,26 @@ class ApiSettings(BaseSettings):
             what = f"scheme {scheme!r}" if colon else "a value that is not a URL"
             raise ValueError(f"unsupported database URL: {what} (use sqlite:///PATH or postgresql://…)")
         return value
+
+    @field_validator("producer_weights", "producer_rate", "producer_max_pending")
+    @classmethod
+    def _per_producer(cls, value: str, info: ValidationInfo) -> str:
+        kind = {"producer_weights": "weight", "producer_rate": "rate", "producer_max_pending": "count"}[info.field_name]
+        per_producer(value, known_producers(info.data.get("producer_tokens", "")), kind)  # type: ignore[arg-type]
+        return value
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return per_producer(self.producer_weights, known_producers(self.producer_tokens), "weight")
+
+    @property
+    def rates(self) -> dict[str, float]:
+        return per_producer(self.producer_rate, known_producers(self.producer_tokens), "rate")
+
+    @property
+    def max_pending(self) -> dict[str, int]:
+        counts = per_producer(self.producer_max_pending, known_producers(self.producer_tokens), "count")
+        return {name: int(n) for name, n in counts.items()}
 
     @property
     def token_sets(self) -> dict[str, list[str]]:

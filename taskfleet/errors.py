@@ -130,6 +130,17 @@ class CommitUnknown(Unavailable):
     retry_after_s = 1
 
 
+class TooManyRequests(TaskfleetError):
+    """A producer is over one of its limits (CONTRACT §9); the answer's Retry-After says when
+    to try again."""
+
+    code, status, retryable = "rate_limited", 429, True
+
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class UrlRefused(TaskfleetError):
     """A URL the system was asked to fetch fails the input-safety rules (docs/api.md, "Input safety")."""
 

@@ -80,11 +80,29 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[Store]:
         """The statements run on the store it yields commit together, or not at all."""
 
+    # -- producers' limits --------------------------------------------------------------------
+    @abc.abstractmethod
+    async def take_create_tokens(self, producer: str, n: int, rate: float, capacity: float, now: float) -> float | None:
+        """Take ``n`` create tokens from the producer's fleet-wide bucket (sql.TAKE_CREATE_TOKENS_*):
+        None when refused, else what the bucket holds after."""
+
+    @abc.abstractmethod
+    async def create_tokens_now(self, producer: str, rate: float, capacity: float, now: float) -> float: ...
+
+    async def lock_producer(self, producer: str) -> None:
+        """Inside a transaction: hold the producer's lock until it ends (its quota check and
+        insert). A no-op where the transaction already excludes other writers."""
+
     # -- state changes, one shape per dialect -----------------------------------------------
     @abc.abstractmethod
     async def insert_tasks(self, params: list[dict[str, Any]]) -> list[Row | None]:
         """Insert PENDING tasks on this store (inside the caller's transaction, if any): each
         task's new row, or None where its idempotency key was already taken."""
+
+    @abc.abstractmethod
+    async def insert_task(self, params: dict[str, Any]) -> Row | None:
+        """Insert one PENDING task, one statement (its own transaction outside one): its new
+        row, or None where its idempotency key was already taken."""
 
     @abc.abstractmethod
     async def insert_tasks_together(self, params: list[dict[str, Any]]) -> list[Row | None]:

@@ -234,6 +234,18 @@ class PostgresStore(Store):
         await self._run("fetchval", "SELECT 1", [])
 
     # -- state changes: each one statement, one round trip -------------------------------------
+    async def take_create_tokens(self, producer: str, n: int, rate: float, capacity: float, now: float) -> float | None:
+        return await self.fetchval(
+            sql.TAKE_CREATE_TOKENS_POSTGRES, {"producer": producer, "n": n, "rate": rate, "capacity": capacity, "now": now}
+        )
+
+    async def create_tokens_now(self, producer: str, rate: float, capacity: float, now: float) -> float:
+        value = await self.fetchval(sql.CREATE_TOKENS_NOW_POSTGRES, {"producer": producer, "rate": rate, "capacity": capacity, "now": now})
+        return capacity if value is None else float(value)
+
+    async def lock_producer(self, producer: str) -> None:
+        await self.fetchval(sql.LOCK_PRODUCER_POSTGRES, {"producer": producer})
+
     async def insert_tasks(self, params: list[dict[str, Any]]) -> list[Row | None]:
         columns = {f"{name}_list": [p[name] for p in params] for name in sql.INSERT_TASKS_COLUMNS}
         rows = await self.fetch(sql.INSERT_TASKS_POSTGRES, {**columns, "now": params[0]["now"]})
@@ -241,6 +253,9 @@ class PostgresStore(Store):
         return [by_id.get(p["id"]) for p in params]
 
     insert_tasks_together = insert_tasks  # one statement: atomic, and one commit, by itself
+
+    async def insert_task(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.INSERT_TASK_POSTGRES, params)
 
     async def insert_leased_task(self, params: dict[str, Any], hand: Callable[[Row], None]) -> Row | None:
         row = await self.fetchrow(sql.INSERT_LEASED_TASK_POSTGRES, params)

@@ -52,10 +52,13 @@ PG_TYPES = {
     "max_attempts_list": "int[]", "timeout_s_list": "float8[]", "webhook_url_list": "text[]",
     "metadata_list": "text[]", "idempotency_key_list": "text[]", "request_hash_list": "text[]",
     "notify_done_list": "int[]", "producer_list": "text[]", "pending_ttl_s_list": "float8[]", "rerun_of_list": "text[]",
+    "fair_step_list": "float8[]", "fair_step": "float8",
     # COMPLETE_MANY_POSTGRES's items
     "lease_id_list": "text[]", "output_list": "text[]", "compute_s_list": "float8[]",
     # INSERT_STAGE_TASKS_POSTGRES's extra columns
     "parent_id_list": "text[]", "stage_list": "text[]", "item_index_list": "int[]",
+    # TAKE_CREATE_TOKENS
+    "rate": "float8", "capacity": "float8", "n": "float8",
 }
 
 
@@ -74,42 +77,112 @@ def postgres(sql: str) -> tuple[str, tuple[str, ...]]:
     return _PARAM.sub(number, sql), tuple(names)
 
 
+# -- fair share ---------------------------------------------------------------------------
+# Within one priority, producers take turns (CONTRACT §9). Each task gets a fair-share key at
+# insert and the claim takes PENDING tasks by (priority DESC, fair_key, seq): still one
+# index-ordered statement (tasks_pending_fair), still SKIP LOCKED. A producer's next task takes
+# the later of
+#   - one step (1/weight) after its own last waiting task at that priority (its backlog runs in
+#     order, one step apart), and
+#   - the head of the line: the smallest key of a task claimable now at that priority; where
+#     none is (all running, or in backoff), the largest waiting key; where none waits, 0.
+# So a producer with 10k waiting holds keys h … h+9999, and another's new task gets h, right
+# behind the backlog's head (ties run by seq): one task of each producer ahead of it runs
+# before it, not the backlog. A producer that went idle comes back at the head, neither with
+# credit saved up (a burst that would starve the others) nor behind its old keys. Keys never
+# run backwards past a waiting task (the head is one), and
+# a task that comes back to PENDING keeps its key, so it is in line where it was. Two creates
+# of one producer at once on two Postgres replicas may take the same key: the tie runs by seq,
+# and the producer is ahead by that one task for a moment. Each lookup is one probe of a
+# partial index on PENDING rows (tasks_producer_pending, tasks_pending_fair).
+def _fair_key(producer: str, priority: str, step: str, dialect: str) -> str:
+    own = f"(SELECT max(fair_key) FROM tasks WHERE status = 'PENDING' AND producer = {producer} AND priority = {priority})"
+    head = f"""COALESCE(
+        (SELECT fair_key FROM tasks WHERE status = 'PENDING' AND priority = {priority} AND not_before <= :now
+         ORDER BY fair_key LIMIT 1),
+        (SELECT max(fair_key) FROM tasks WHERE status = 'PENDING' AND priority = {priority}), 0)"""
+    if dialect == "postgres":
+        return f"GREATEST({own} + {step}, {head})"  # GREATEST skips NULL: no own task waiting
+    return f"max(COALESCE({own} + {step}, -1e308), {head})"
+
+
+FAIR_KEY_SQLITE = _fair_key(":producer", ":priority", ":fair_step", "sqlite")
+FAIR_KEY_POSTGRES = _fair_key(":producer", ":priority", ":fair_step", "postgres")
+
+
+# -- producers' limits ------------------------------------------------------------------
+# A rate-limited producer's create takes :n tokens from its bucket, refilled at :rate per second
+# up to :capacity, in one statement that every replica runs against the same row: the
+# read-refill-take is atomic (the row's lock on Postgres, the single writer on SQLite), so
+# replicas never both spend the same token. Refused (no row returned) unless the bucket holds
+# :n tokens, or is full: a batch bigger than the burst passes only from a full bucket and leaves
+# it in debt, so the long-run rate still holds. The first create of a producer makes its row.
+def _take_create_tokens(least: str, greatest: str) -> str:
+    refilled = f"{least}(:capacity, producer_buckets.tokens + {greatest}(0, :now - producer_buckets.updated_at) * :rate)"
+    return f"""
+INSERT INTO producer_buckets (producer, tokens, updated_at) VALUES (:producer, :capacity - :n, :now)
+ON CONFLICT (producer) DO UPDATE
+SET tokens = {refilled} - :n, updated_at = {greatest}(:now, producer_buckets.updated_at)
+WHERE {refilled} >= {least}(:n, :capacity)
+RETURNING tokens
+"""
+
+
+TAKE_CREATE_TOKENS_SQLITE = _take_create_tokens("min", "max")
+TAKE_CREATE_TOKENS_POSTGRES = _take_create_tokens("LEAST", "GREATEST")
+# After a refusal: the tokens the bucket holds now, for the answer's Retry-After.
+CREATE_TOKENS_NOW_SQLITE = (
+    "SELECT min(:capacity, tokens + max(0, :now - updated_at) * :rate) FROM producer_buckets WHERE producer = :producer"
+)
+CREATE_TOKENS_NOW_POSTGRES = (
+    "SELECT LEAST(:capacity, tokens + GREATEST(0, :now - updated_at) * :rate) FROM producer_buckets WHERE producer = :producer"
+)
+# A producer's pending quota is checked and its tasks inserted in one transaction that first
+# takes this lock, so two replicas' creates for one producer cannot both pass on the same
+# count (SQLite's BEGIN IMMEDIATE already runs one writer at a time).
+LOCK_PRODUCER_POSTGRES = "SELECT pg_advisory_xact_lock(hashtext('taskfleet.producer.' || :producer))"
+COUNT_PRODUCER_PENDING = "SELECT count(*) FROM tasks WHERE status = 'PENDING' AND producer = :producer"
+
+
 # -- create -------------------------------------------------------------------------------
 # One committed INSERT: once it returns, the task survives any crash. A repeated
 # idempotency key inserts nothing and the caller reads the existing row instead. expires_at
 # is :now + :pending_ttl_s, NULL (never) where no TTL applies, in every insert below.
-INSERT_TASK = f"""
+_INSERT_TASK = """
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
-                   created_at, updated_at, producer, pending_ttl_s, expires_at, rerun_of)
+                   created_at, updated_at, producer, pending_ttl_s, expires_at, rerun_of, fair_key)
 VALUES (:id, :workflow, 'PENDING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
         :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now, :producer,
-        :pending_ttl_s, :now + :pending_ttl_s, :rerun_of)
+        :pending_ttl_s, :now + :pending_ttl_s, :rerun_of, {fair_key})
 ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING {TASK_COLUMNS}
+RETURNING {columns}
 """
+INSERT_TASK_SQLITE = _INSERT_TASK.format(fair_key=FAIR_KEY_SQLITE, columns=TASK_COLUMNS)
+INSERT_TASK_POSTGRES = _INSERT_TASK.format(fair_key=FAIR_KEY_POSTGRES, columns=TASK_COLUMNS)
 
 # A lone create handed straight to a parked fetch (queue.Queue._insert_one): the task goes in
 # already leased to that fetch's consumer, as a claim would have left it. On SQLite the
 # attempt row follows in the same transaction (INSERT_ATTEMPT_SQLITE); on Postgres a CTE adds it.
+# It takes its fair-share key as a create would, for the time it may come back to PENDING.
 _INSERT_LEASED = """
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
                    created_at, updated_at, lease_id, consumer_id, lease_expires_at, deadline_at,
-                   started_at, producer, pending_ttl_s, expires_at, rerun_of)
+                   started_at, producer, pending_ttl_s, expires_at, rerun_of, fair_key)
 VALUES (:id, :workflow, 'PROCESSING', :input, :priority, :max_attempts, :timeout_s, :webhook_url,
         :metadata, :idempotency_key, :request_hash, :notify_done, :now, :now, :now,
         :lease_id, :consumer_id, :now + :lease_s, :now + :timeout_s, :now, :producer,
-        :pending_ttl_s, :now + :pending_ttl_s, :rerun_of)
+        :pending_ttl_s, :now + :pending_ttl_s, :rerun_of, {fair_key})
 ON CONFLICT (idempotency_key) DO NOTHING
 """
-INSERT_LEASED_TASK_SQLITE = f"{_INSERT_LEASED} RETURNING {TASK_COLUMNS}"
+INSERT_LEASED_TASK_SQLITE = f"{_INSERT_LEASED.format(fair_key=FAIR_KEY_SQLITE)} RETURNING {TASK_COLUMNS}"
 INSERT_LEASED_TASK_POSTGRES = f"""
 WITH no_flush_wait AS (
     -- Visible to the consumer it is handed to before its WAL flush; the create answers its
     -- producer only after FLUSH_WAL_POSTGRES, so the accepted task is as durable as ever.
     SELECT set_config('synchronous_commit', 'off', true) AS setting
-), task AS ({_INSERT_LEASED} RETURNING *
+), task AS ({_INSERT_LEASED.format(fair_key=FAIR_KEY_POSTGRES)} RETURNING *
 ), history AS (
     INSERT INTO attempts (lease_id, task_id, consumer_id, host, started_at)
     SELECT lease_id, id, consumer_id, :host, :now FROM task
@@ -130,20 +203,30 @@ FLUSH_WAL_POSTGRES = "SELECT pg_logical_emit_message(true, 'taskfleet.flush', ''
 # list, is skipped and missing from RETURNING.
 INSERT_TASKS_COLUMNS = (
     "id", "workflow", "input", "priority", "max_attempts", "timeout_s", "webhook_url",
-    "metadata", "idempotency_key", "request_hash", "notify_done", "producer", "pending_ttl_s", "rerun_of",
+    "metadata", "idempotency_key", "request_hash", "notify_done", "producer", "pending_ttl_s", "rerun_of", "fair_step",
 )
+# Fair-share keys: each (producer, priority) of the list looks up its base once (as
+# FAIR_KEY_POSTGRES), and its rows take the steps after it in list order.
 INSERT_TASKS_POSTGRES = f"""
+WITH r AS (
+    SELECT u.*, row_number() OVER (PARTITION BY u.producer, u.priority ORDER BY u.ord) AS nth
+    FROM unnest(:id_list, :workflow_list, :input_list, :priority_list, :max_attempts_list,
+                :timeout_s_list, :webhook_url_list, :metadata_list, :idempotency_key_list,
+                :request_hash_list, :notify_done_list, :producer_list, :pending_ttl_s_list, :rerun_of_list,
+                :fair_step_list) WITH ORDINALITY
+         AS u(id, workflow, input, priority, max_attempts, timeout_s, webhook_url,
+              metadata, idempotency_key, request_hash, notify_done, producer, pending_ttl_s, rerun_of, fair_step, ord)
+), lanes AS (
+    SELECT l.producer, l.priority, {_fair_key('l.producer', 'l.priority', 'l.fair_step', 'postgres')} AS first
+    FROM (SELECT DISTINCT producer, priority, fair_step FROM r) AS l
+)
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, webhook_url,
                    metadata, idempotency_key, request_hash, notify_done, not_before,
-                   created_at, updated_at, producer, pending_ttl_s, expires_at, rerun_of)
+                   created_at, updated_at, producer, pending_ttl_s, expires_at, rerun_of, fair_key)
 SELECT r.id, r.workflow, 'PENDING', r.input, r.priority, r.max_attempts, r.timeout_s, r.webhook_url,
        r.metadata, r.idempotency_key, r.request_hash, r.notify_done, :now, :now, :now, r.producer,
-       r.pending_ttl_s, :now + r.pending_ttl_s, r.rerun_of
-FROM unnest(:id_list, :workflow_list, :input_list, :priority_list, :max_attempts_list,
-            :timeout_s_list, :webhook_url_list, :metadata_list, :idempotency_key_list,
-            :request_hash_list, :notify_done_list, :producer_list, :pending_ttl_s_list, :rerun_of_list) WITH ORDINALITY
-     AS r(id, workflow, input, priority, max_attempts, timeout_s, webhook_url,
-          metadata, idempotency_key, request_hash, notify_done, producer, pending_ttl_s, rerun_of, ord)
+       r.pending_ttl_s, :now + r.pending_ttl_s, r.rerun_of, lanes.first + (r.nth - 1) * r.fair_step
+FROM r JOIN lanes ON lanes.producer = r.producer AND lanes.priority = r.priority
 ORDER BY r.ord
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {TASK_COLUMNS}
@@ -179,7 +262,8 @@ LIST_TASKS = {
 PLAN_EACH_CALL = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 # -- claim --------------------------------------------------------------------------------
-# Only PENDING rows whose backoff has passed are taken, each gets its own fresh lease id, and
+# Only PENDING rows whose backoff has passed are taken, by priority and then in fair-share
+# order (see FAIR_KEY_*; one producer alone: oldest first), each gets its own fresh lease id, and
 # the lease is recorded in the history in the same transaction. Postgres' SKIP LOCKED lets
 # concurrent claimers (many fetches, several API replicas) pass over each other's rows
 # instead of queueing on them; SQLite's single writer makes the UPDATE atomic by itself.
@@ -192,7 +276,7 @@ WHERE seq IN (
     SELECT seq FROM tasks
     WHERE status = 'PENDING' AND not_before <= :now
       AND (:any_workflow OR workflow IN (SELECT value FROM json_each(:workflows)))
-    ORDER BY priority DESC, seq LIMIT :limit)
+    ORDER BY priority DESC, fair_key, seq LIMIT :limit)
 RETURNING {TASK_COLUMNS}
 """
 INSERT_ATTEMPT_SQLITE = """
@@ -205,7 +289,7 @@ WITH picked AS (
     SELECT seq FROM tasks
     WHERE status = 'PENDING' AND not_before <= :now
       AND (:any_workflow OR workflow = ANY(:workflows))
-    ORDER BY priority DESC, seq LIMIT :limit
+    ORDER BY priority DESC, fair_key, seq LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ), no_flush_wait AS (
     -- This claim's commit does not wait for its WAL flush (about 0.4 ms of every pickup). Only
@@ -224,14 +308,14 @@ WITH picked AS (
     INSERT INTO attempts (lease_id, task_id, consumer_id, host, started_at)
     SELECT lease_id, id, :consumer_id, :host, :now FROM leased
 )
-SELECT {TASK_COLUMNS} FROM leased ORDER BY priority DESC, seq
+SELECT {TASK_COLUMNS} FROM leased ORDER BY priority DESC, fair_key, seq
 """
 
 # Is anything claimable right now? (the fallback wake-up check; cheap on the partial index)
 READY_WORKFLOWS = """
 SELECT DISTINCT workflow FROM (
     SELECT workflow FROM tasks WHERE status = 'PENDING' AND not_before <= :now
-    ORDER BY priority DESC, seq LIMIT 64) AS ready
+    ORDER BY priority DESC, fair_key, seq LIMIT 64) AS ready
 """
 NEXT_NOT_BEFORE = "SELECT min(not_before) FROM tasks WHERE status = 'PENDING' AND not_before > :now"
 
@@ -543,27 +627,39 @@ RETURNING {TASK_COLUMNS}, {PIPELINE_COLUMNS}
 """
 
 # A stage's tasks: ordinary PENDING tasks that name their pipeline, stage and item.
+# Each takes its fair-share key as any create of its pipeline's producer.
 INSERT_STAGE_TASK_SQLITE = f"""
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, metadata,
-                   not_before, created_at, updated_at, parent_id, stage, item_index, producer, pending_ttl_s, expires_at)
+                   not_before, created_at, updated_at, parent_id, stage, item_index, producer, pending_ttl_s, expires_at,
+                   fair_key)
 VALUES (:id, :workflow, 'PENDING', :input, :priority, :max_attempts, :timeout_s, :metadata,
-        :now, :now, :now, :parent_id, :stage, :item_index, :producer, :pending_ttl_s, :now + :pending_ttl_s)
+        :now, :now, :now, :parent_id, :stage, :item_index, :producer, :pending_ttl_s, :now + :pending_ttl_s,
+        {FAIR_KEY_SQLITE})
 RETURNING {TASK_COLUMNS}
 """
 INSERT_STAGE_TASKS_COLUMNS = (
     "id", "workflow", "input", "priority", "max_attempts", "timeout_s", "metadata", "parent_id", "stage", "item_index",
-    "producer", "pending_ttl_s",
+    "producer", "pending_ttl_s", "fair_step",
 )
 INSERT_STAGE_TASKS_POSTGRES = f"""
+WITH r AS (
+    SELECT u.*, row_number() OVER (PARTITION BY u.producer, u.priority ORDER BY u.ord) AS nth
+    FROM unnest(:id_list, :workflow_list, :input_list, :priority_list, :max_attempts_list,
+                :timeout_s_list, :metadata_list, :parent_id_list, :stage_list, :item_index_list,
+                :producer_list, :pending_ttl_s_list, :fair_step_list) WITH ORDINALITY
+         AS u(id, workflow, input, priority, max_attempts, timeout_s, metadata, parent_id, stage, item_index,
+              producer, pending_ttl_s, fair_step, ord)
+), lanes AS (
+    SELECT l.producer, l.priority, {_fair_key('l.producer', 'l.priority', 'l.fair_step', 'postgres')} AS first
+    FROM (SELECT DISTINCT producer, priority, fair_step FROM r) AS l
+)
 INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s, metadata,
-                   not_before, created_at, updated_at, parent_id, stage, item_index, producer, pending_ttl_s, expires_at)
+                   not_before, created_at, updated_at, parent_id, stage, item_index, producer, pending_ttl_s, expires_at,
+                   fair_key)
 SELECT r.id, r.workflow, 'PENDING', r.input, r.priority, r.max_attempts, r.timeout_s, r.metadata,
-       :now, :now, :now, r.parent_id, r.stage, r.item_index, r.producer, r.pending_ttl_s, :now + r.pending_ttl_s
-FROM unnest(:id_list, :workflow_list, :input_list, :priority_list, :max_attempts_list,
-            :timeout_s_list, :metadata_list, :parent_id_list, :stage_list, :item_index_list,
-            :producer_list, :pending_ttl_s_list) WITH ORDINALITY
-     AS r(id, workflow, input, priority, max_attempts, timeout_s, metadata, parent_id, stage, item_index,
-          producer, pending_ttl_s, ord)
+       :now, :now, :now, r.parent_id, r.stage, r.item_index, r.producer, r.pending_ttl_s, :now + r.pending_ttl_s,
+       lanes.first + (r.nth - 1) * r.fair_step
+FROM r JOIN lanes ON lanes.producer = r.producer AND lanes.priority = r.priority
 ORDER BY r.ord
 RETURNING {TASK_COLUMNS}
 """

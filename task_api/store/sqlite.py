@@ -163,13 +163,26 @@ class SqliteStore(Store):
             self._conn.execute("SELECT 1").fetchone()
 
     # -- state changes: each one transaction of several statements ----------------------------
+    async def take_create_tokens(self, producer: str, n: int, rate: float, capacity: float, now: float) -> float | None:
+        return await self.fetchval(
+            sql.TAKE_CREATE_TOKENS_SQLITE, {"producer": producer, "n": n, "rate": rate, "capacity": capacity, "now": now}
+        )
+
+    async def create_tokens_now(self, producer: str, rate: float, capacity: float, now: float) -> float:
+        value = await self.fetchval(sql.CREATE_TOKENS_NOW_SQLITE, {"producer": producer, "rate": rate, "capacity": capacity, "now": now})
+        return capacity if value is None else float(value)
+
     async def insert_tasks(self, params: list[dict[str, Any]]) -> list[Row | None]:
         # In-process: a statement per row costs no round trip.
-        return [await self.fetchrow(sql.INSERT_TASK, p) for p in params]
+        return [await self.fetchrow(sql.INSERT_TASK_SQLITE, p) for p in params]
+
+    async def insert_task(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.INSERT_TASK_SQLITE, params)
 
     async def insert_tasks_together(self, params: list[dict[str, Any]]) -> list[Row | None]:
         async with self.transaction() as tx:
-            return [await tx.fetchrow(sql.INSERT_TASK, p) for p in params]
+            # One after another in one transaction: each row's fair-share key sees the ones before.
+            return [await tx.fetchrow(sql.INSERT_TASK_SQLITE, p) for p in params]
 
     async def insert_leased_task(self, params: dict[str, Any], hand: Callable[[Row], None]) -> Row | None:
         async with self.transaction() as tx:

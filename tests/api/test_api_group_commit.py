@@ -24,7 +24,7 @@ def count_inserts(db) -> list[int]:
         original = getattr(db, name)
 
         async def counted(query, params=None, _original=original):
-            if query.lstrip().startswith("INSERT INTO tasks"):
+            if "INSERT INTO tasks " in query:  # the batch insert starts with its CTEs
                 seen.append(len(params["id_list"]) if "id_list" in params else 1)
             return await _original(query, params)
 

@@ -46,8 +46,7 @@ async def test_each_task_names_the_producer_of_its_token(api):
         ProducerClient(api.url, TOKENS["admin"]) as admin,
     ):
         by_web = await web.submit("echo", {"data": 1})
-        by_batch = (await batch._call("POST", "/api/tasks/batch", json={"tasks": [
-            {"workflow": "echo", "input": {"data": i}} for i in range(3)]})).json()["tasks"]  # fmt: skip
+        by_batch = await batch.submit_many([{"workflow": "echo", "input": {"data": i}} for i in range(3)])
         by_alias = (await batch._call("POST", "/api/echo/create-task", json={"data": 2})).json()
         by_bare = await bare.submit("echo", {"data": 3})
         by_admin = await admin.submit("echo", {"data": 4})

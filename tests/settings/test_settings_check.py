@@ -59,6 +59,28 @@ def test_a_bad_value_is_one_line_naming_the_variable_and_exit_code_2(args, name,
     assert "hunter2" not in result.stderr  # a URL's password stays out of logs
 
 
+PRODUCER_SETTINGS = [
+    ("TASKFLEET_PRODUCER_WEIGHTS", "mobile:2", "unknown producer 'mobile'"),
+    ("TASKFLEET_PRODUCER_WEIGHTS", "web:0", "must be more than 0"),
+    ("TASKFLEET_PRODUCER_WEIGHTS", "web:-1", "must be more than 0"),
+    ("TASKFLEET_PRODUCER_RATE", "web:fast", "is not a number"),
+    ("TASKFLEET_PRODUCER_RATE", "nobody:5", "unknown producer 'nobody'"),
+    ("TASKFLEET_PRODUCER_MAX_PENDING", "batch:1.5", "is not a whole number"),
+    ("TASKFLEET_PRODUCER_MAX_PENDING", "web", "is not name:number"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "says"), PRODUCER_SETTINGS)
+def test_a_bad_producer_setting_stops_the_api_with_one_line_naming_it(name, value, says, tmp_path):
+    env = {"TASKFLEET_PRODUCER_TOKENS": "web:t1,batch:t2", "TASKFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'tasks.db'}",
+           name: value}  # fmt: skip
+    result = run(["-m", "task_api"], env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"error: {name}:" in lines[0] and says in lines[0], result.stderr
+    assert "t1" not in lines[0].replace(name, "")  # no token in the message
+
+
 def test_taskfleet_up_checks_every_process_before_starting_any(tmp_path):
     result = run(["-m", "taskfleet", "up", "--data-dir", str(tmp_path)], {"TASKFLEET_LEASE_S": "abc"})
     assert result.returncode == 2
