@@ -1,6 +1,6 @@
 """Task API benchmark: no-op tasks through HTTP, on SQLite and Postgres. Prints its figures.
 
-  python bench/api_bench.py [--backend sqlite|postgres|both] [--only throughput,pickup,claim,idle,events,serial]
+  python bench/api_bench.py [--backend sqlite|postgres|both] [--only throughput,pickup,claim,idle,events,serial,fairshare]
 
 - throughput: producers (2, each with 8 create requests in flight) create N echo tasks while
   consumers (2) fetch (limit 20) and complete them; tasks/s from the first create to the last
@@ -11,6 +11,8 @@
 - pickup: one producer creates 100 tasks/s (open loop); a long-polling consumer notes when
   each arrives: create-call start → task in the consumer's hands, p50 / p99.
 - claim (Postgres): fetch latency with 1k and with 1M tasks queued.
+- fairshare (Postgres): fetch latency with 1M tasks queued, spread over 1, 10 and 1,000
+  producers (fair share within the priority), each on a fresh database; the ratio to 1 producer.
 - idle: CPU of the API process while 500 consumers long-poll an empty queue.
 - serial: what one task at a time costs. One producer (sync httpx, one create per call, back
   to back) and real consumer processes (``python -m consumer``, echo, concurrency 32): e2e
@@ -223,6 +225,45 @@ async def claim_latency(url: str, samples: int) -> dict:
             times.append((time.perf_counter() - start) * 1000)
             await c.complete(t["task_id"], t["lease"]["id"], {})
     return {"claim_p50_ms": round(pct(times, 50), 3), "claim_p99_ms": round(pct(times, 99), 3)}
+
+
+# -- fair share: the claim with many producers waiting ---------------------------------------------
+async def fill_producers(db_url: str, n: int, producers: int) -> None:
+    """n PENDING tasks spread over ``producers`` producers in turn, with the fair-share keys
+    their creates would have taken (weight 1: a producer's k-th waiting task has key k)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO tasks (id, workflow, status, input, priority, max_attempts, timeout_s,
+                               metadata, not_before, created_at, updated_at, producer, fair_key)
+            SELECT 'tsk_fill_' || g, 'echo', 'PENDING', '{"data": null, "sleep_s": 0, "fail": null}',
+                   0, 3, 600, '{}', 0, extract(epoch from now()), extract(epoch from now()),
+                   'p' || (g % $2), g / $2
+            FROM generate_series(0, $1 - 1) AS g
+            """,
+            n,
+            producers,
+        )
+        await conn.execute("ANALYZE tasks")
+    finally:
+        await conn.close()
+
+
+def fair_share_claims(tmp_path: Path, env: dict, queued: int, counts: list[int], samples: int) -> dict:
+    """Claim p50/p99 through the API on Postgres with ``queued`` tasks waiting, spread over each
+    number of producers in ``counts``, each on a fresh database."""
+    found: dict = {}
+    for count in counts:
+        with postgres_database() as db_url, api_process(db_url, tmp_path, **env) as server:
+            run(fill_producers(db_url, queued, count))
+            found[f"{count}_producers"] = run(claim_latency(server.url, samples))
+    base = found[f"{counts[0]}_producers"]["claim_p50_ms"]
+    for count in counts:
+        found[f"{count}_producers"]["vs_first"] = round(found[f"{count}_producers"]["claim_p50_ms"] / base, 3)
+    return found
 
 
 # -- the machine's HTTP floor, for context --------------------------------------------------------
@@ -510,13 +551,15 @@ def bench_backend(backend: str, only: set[str], args) -> dict:
                     results["claim_1m_queued"] = run(claim_latency(server.url, 300))
 
         with_db(sections)
+        if "fairshare" in only and backend == "postgres":
+            results["fair_share_claim_1m_queued"] = fair_share_claims(tmp_path, env, args.fair_queued, [1, 10, 1000], 300)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", default="both", choices=["sqlite", "postgres", "both"])
-    parser.add_argument("--only", default="throughput,pickup,claim,idle,events,serial")
+    parser.add_argument("--only", default="throughput,pickup,claim,idle,events,serial,fairshare")
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8, help="create requests in flight per producer")
@@ -529,6 +572,7 @@ def main() -> None:
     parser.add_argument("--serial-concurrency", type=int, default=32, help="TASKFLEET_CONCURRENCY of each serial consumer")
     parser.add_argument("--py-spy", metavar="DIR", help="record py-spy raw profiles of the API and consumers in the serial run")
     parser.add_argument("--consumer-log-level", default="INFO", help="the serial consumers' TASKFLEET_LOG_LEVEL")
+    parser.add_argument("--fair-queued", type=int, default=1_000_000, help="tasks waiting in the fair-share claim section")
     args = parser.parse_args()
     only = set(args.only.split(","))
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
