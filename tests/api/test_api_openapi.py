@@ -56,7 +56,7 @@ def validator(doc: dict, schema: dict) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator({**schema, "components": doc["components"]})
 
 
-ADMIN_PATHS = {"/api/consumers", "/api/stats"}
+ADMIN_PATHS = {"/api/consumers", "/api/stats", "/api/usage"}
 
 
 def test_document_is_valid_openapi_with_a_bearer_scheme_on_the_token_routes(doc):
@@ -100,7 +100,7 @@ def test_every_workflow_input_and_output_schema_is_published(doc, registry):
         # The alias body: the input's fields and the task options of /api/tasks beside them.
         fields = set(own["properties"])
         assert any(set(b["properties"]) == fields | {"priority", "max_attempts", "timeout_s", "webhook_url",
-                                                     "metadata", "idempotency_key"} for b in alias_bodies), wf.name  # fmt: skip
+                                                     "metadata", "idempotency_key", "expires_in_s"} for b in alias_bodies), wf.name  # fmt: skip
         if wf.output_model is not None:
             outputs = [s for s in doc["components"]["schemas"].values() if s.get("title") == wf.output_model.__name__]
             assert outputs and set(outputs[0]["properties"]) == set(wf.output_model.model_fields), wf.name
