@@ -111,15 +111,24 @@ async def test_no_face_fails_for_good(tmp_path, storage, lite_server, photos):
 
 async def test_an_error_part_mid_stream_becomes_the_task_error(tmp_path):
     stream = _ResultStream(tmp_path)
-    stream.events.append(("error", {"error": {"code": "invalid_media", "message": "truncated"}, "retryable": False}))
+    stream.events.append(
+        ("error", {"error": {"code": "invalid_media", "message": "truncated"}, "retryable": False, "compute_s": 1.5})
+    )
 
     class Ctx:
+        reported: list = []
+
         async def progress(self, *a):
             pass
 
+        def report_compute_s(self, seconds):
+            self.reported.append(seconds)
+
+    ctx = Ctx()
     with pytest.raises(TaskfleetError) as info:
-        await _drain(Ctx(), stream)
+        await _drain(ctx, stream)
     assert info.value.code == "invalid_media" and info.value.retryable is False
+    assert ctx.reported == [1.5]  # the failed attempt's slot seconds still count
 
 
 def test_workflow_is_registered_with_its_route_and_server():
