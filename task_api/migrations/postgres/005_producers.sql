@@ -1,6 +1,6 @@
 -- Producers (CONTRACT §9): each task names the producer whose token created it, and carries
 -- its fair-share key: its place in line among the waiting tasks of its priority, so that
--- producers take turns (task_api/fairshare.py says how it is computed).
+-- producers take turns (task_api/store/sql.py, "fair share", says how it is computed).
 ALTER TABLE tasks ADD COLUMN producer TEXT NOT NULL DEFAULT 'default';
 ALTER TABLE tasks ADD COLUMN fair_key DOUBLE PRECISION NOT NULL DEFAULT 0;
 -- The claim's order: priority, then fair-share key, then age; only claimable rows, as before.
