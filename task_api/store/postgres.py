@@ -97,12 +97,7 @@ class PostgresStore(Store):
                 if (fault := faults.from_postgres(exc, maybe_committed=False)) is None:
                     raise
                 raise fault from exc
-        try:
-            conn = await self._pool.acquire()
-        except Exception as exc:
-            if (fault := faults.from_connect(exc)) is None:
-                raise
-            raise fault from exc
+        conn = await self._acquire()
         try:
             return await getattr(conn, method)(query, *args)
         except Exception as exc:
@@ -137,18 +132,22 @@ class PostgresStore(Store):
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
+    async def _acquire(self) -> Any:
+        """A pool connection; a database that cannot be reached is its fault code, not a 500."""
+        try:
+            return await self._pool.acquire()
+        except Exception as exc:
+            if (fault := faults.from_connect(exc)) is None:
+                raise
+            raise fault from exc
+
     async def executemany(self, query: str, rows: Iterable[dict[str, Any]]) -> None:
         text, names = sql.postgres(query)
         await self._run("executemany", text, [[[r[n] for n in names] for r in rows]])
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator["PostgresStore"]:
-        try:
-            conn = await self._pool.acquire()
-        except Exception as exc:
-            if (fault := faults.from_connect(exc)) is None:
-                raise
-            raise fault from exc
+        conn = await self._acquire()
         try:
             tx = conn.transaction()
             try:
