@@ -425,7 +425,13 @@ class Queue:
 
     async def set_priority(self, task_id: str, priority: int) -> Row:
         """A PENDING task's new priority, which the next claim orders by; 409 for any other state."""
-        row = await self.store.fetchrow(sql.SET_PRIORITY, {"id": task_id, "priority": priority, "now": time.time()})
+        current = await self.get(task_id)
+        row = None
+        if current["status"] == "PENDING":
+            row = await self.store.set_priority({
+                "id": task_id, "priority": priority, "producer": current["producer"],
+                "fair_step": self.producers.fair_step(current["producer"]), "now": time.time(),
+            })  # fmt: skip
         if row is None:
             current = await self.get(task_id)
             raise Conflict(f"task is {current['status']}; only a PENDING task's priority can change", code="not_pending")

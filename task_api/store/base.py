@@ -105,6 +105,11 @@ class Store(abc.ABC):
         row, or None where its idempotency key was already taken."""
 
     @abc.abstractmethod
+    async def set_priority(self, params: dict[str, Any]) -> Row | None:
+        """A PENDING task's new priority and its place in that priority's line (sql.SET_PRIORITY_*):
+        its row, or None where it is not PENDING. ``params``: id, priority, producer, fair_step, now."""
+
+    @abc.abstractmethod
     async def insert_tasks_together(self, params: list[dict[str, Any]]) -> list[Row | None]:
         """As ``insert_tasks``, all in one commit (group commit); a taken key skips its own
         row only."""

@@ -253,6 +253,9 @@ class PostgresStore(Store):
 
     insert_tasks_together = insert_tasks  # one statement: atomic, and one commit, by itself
 
+    async def set_priority(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.SET_PRIORITY_POSTGRES, params)
+
     async def insert_task(self, params: dict[str, Any]) -> Row | None:
         return await self.fetchrow(sql.INSERT_TASK_POSTGRES, params)
 

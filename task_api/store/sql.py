@@ -579,10 +579,20 @@ SELECT {TASK_COLUMNS} FROM cancelled
 # A PENDING task's new priority: the claim orders by the column itself (tasks_pending), so
 # the next claim sees it. Any other state matches nothing (the route answers 409); a pipeline
 # task is never PENDING.
-SET_PRIORITY = f"""
-UPDATE tasks SET priority = :priority, updated_at = :now WHERE id = :id AND status = 'PENDING'
+# A priority change takes the task to the new priority's line, placed as a create of its
+# producer would be now (its old fair-share key was a place in another line); the same
+# priority again keeps its place.
+def _set_priority(fair_key: str) -> str:
+    return f"""
+UPDATE tasks SET priority = :priority, updated_at = :now,
+    fair_key = CASE WHEN priority = :priority THEN fair_key ELSE {fair_key} END
+WHERE id = :id AND status = 'PENDING'
 RETURNING {TASK_COLUMNS}
 """
+
+
+SET_PRIORITY_SQLITE = _set_priority(FAIR_KEY_SQLITE)
+SET_PRIORITY_POSTGRES = _set_priority(FAIR_KEY_POSTGRES)
 
 # A FAILED or CANCELLED task runs again from scratch; its history stays, and its pending TTL
 # counts again from now. Pipelines and their

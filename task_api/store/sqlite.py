@@ -176,6 +176,9 @@ class SqliteStore(Store):
         # In-process: a statement per row costs no round trip.
         return [await self.fetchrow(sql.INSERT_TASK_SQLITE, p) for p in params]
 
+    async def set_priority(self, params: dict[str, Any]) -> Row | None:
+        return await self.fetchrow(sql.SET_PRIORITY_SQLITE, params)
+
     async def insert_task(self, params: dict[str, Any]) -> Row | None:
         return await self.fetchrow(sql.INSERT_TASK_SQLITE, params)
 

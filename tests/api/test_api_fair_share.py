@@ -117,3 +117,13 @@ async def test_concurrent_fetches_share_fairly_and_never_double_lease(clients):
     # claims overlap, so the exact turns vary; the shares do not: the first 240 of the line
     # are 120 of each producer's
     assert producers.count("web") == 120 and producers.count("batch") == 120
+
+
+async def test_a_task_moved_to_another_priority_joins_that_line_at_its_head(clients):
+    web, batch, _, consumer = clients
+    await backlog(batch, 100, priority=5, tag="b")
+    mine = [(await web.submit("echo", {"data": i}))["task_id"] for i in range(60)]
+    await web.set_priority(mine[-1], 5)  # web's 60th in line at priority 0
+    order = [t["task_id"] for t in await claims(consumer, 4)]
+    # at priority 5 it is web's first task there: right behind the head, not 60 places back
+    assert order.index(mine[-1]) == 1
