@@ -56,18 +56,25 @@ class Capacity:
         # Set when a slot frees, health answers were re-read, or on stop: the fetch loop plans again.
         self.changed = asyncio.Event()
         self._paused: dict[str, tuple[float, float]] = {}  # kind -> (paused until, last pause)
+        # Set by ``plan``: a workflow was left out only because our own tasks fill its model
+        # servers, so the end of one of our leases is when to ask for it again.
+        self.held_by_ours = False
 
     def plan(self, running: Mapping[str, Running]) -> tuple[list[str], int]:
         """Which workflows to ask for, and how many tasks at most, with ``running`` in flight."""
+        self.held_by_ours = False
         free = self.concurrency - len(running)
         if free <= 0:
             return [], 0
         now = time.monotonic()
         room: dict[str, int] = {}
+        full_of_ours: set[str] = set()
         for kind, pool in self.pools.items():
             paused_until = self._paused.get(kind, (0.0, 0.0))[0]
             ours = sum(1 for r in running.values() if kind in r.runnable.model_servers)
             room[kind] = 0 if now < paused_until else pool.free_slots(ours)
+            if room[kind] == 0 and ours and now >= paused_until:
+                full_of_ours.add(kind)
         names: list[str] = []
         limit = free
         for name, r in self.runnables.items():
@@ -76,6 +83,8 @@ class Capacity:
                 for k in r.model_servers:
                     # One fetch may return any mix of the named workflows, so the tightest kind caps it.
                     limit = min(limit, room[k])
+            elif any(k in full_of_ours for k in r.model_servers):
+                self.held_by_ours = True
         return names, limit
 
     def pause(self, error: ModelServerUnavailable) -> float:
@@ -149,15 +158,19 @@ class FetchLoop:
                     # Some workflows are held back (server down or full): poll briefly, so that
                     # they are asked for again soon after their capacity returns.
                     wait_s = min(wait_s, 1.0)
+                # Held back by our own tasks: the API ends the poll when one of them ends, so
+                # that the slot it frees is asked for at once (not after up to a second).
+                wake = capacity.held_by_ours
                 if carried:
                     # The completions are committed before the API waits for our next tasks;
                     # their answers come back with those tasks.
                     items = [(item[0], item[1], item[2], item[5]) for item, _ in carried]
-                    results, tasks = await asyncio.shield(
-                        self.client.complete_and_fetch(items, names, limit=limit, wait_s=wait_s))
+                    results, tasks = await asyncio.shield(self.client.complete_and_fetch(
+                        items, names, limit=limit, wait_s=wait_s, wake_on_finish=wake))
                     completions.answer(carried, results)
                 else:
-                    tasks = await asyncio.shield(self.client.fetch(names, limit=limit, wait_s=wait_s))
+                    tasks = await asyncio.shield(
+                        self.client.fetch(names, limit=limit, wait_s=wait_s, wake_on_finish=wake))
                 api_backoff = 0.0
             except (Unauthorized, Forbidden) as exc:
                 completions.answer(carried, exc)

@@ -507,13 +507,16 @@ class Queue:
         limit: int,
         wait_s: float,
         gone: Callable[[], bool] | None = None,
+        wake_on_finish: bool = False,
     ) -> list[Row]:
         """Claim up to ``limit`` tasks, waiting up to ``wait_s`` for some to appear. While it
-        waits, a create in this process may lease its new task to it directly (see create)."""
+        waits, a create in this process may lease its new task to it directly (see create).
+        With ``wake_on_finish``, a lease of ``consumer_id`` ending in this process ends the wait
+        early, empty-handed."""
         names = frozenset(workflows or ()) or None
         deadline = time.monotonic() + wait_s
         while True:
-            waiter = self._dispatcher.register(Waiter(names, consumer_id, host, gone))
+            waiter = self._dispatcher.register(Waiter(names, consumer_id, host, gone, wake_on_finish))
             try:
                 # An idle fleet's polls park without a statement each (see Dispatcher.nothing_for).
                 if self._dispatcher.nothing_for(names):
@@ -539,6 +542,8 @@ class Queue:
                     return [waiter.handed] if waiter.handed is not None else []
                 if waiter.handed is not None:
                     return [waiter.handed]
+                if waiter.replanning:
+                    return []
                 if gone is not None and gone():
                     # The consumer hung up: claim nothing for it, and hand the wake to another.
                     self._dispatcher.pending(None)
@@ -608,6 +613,7 @@ class Queue:
 
     def _after_finish(self, row: Row, params: dict[str, Any]) -> None:
         self._signal_changed(row)
+        self._dispatcher.lease_ended(row.get("consumer_id"))
         if row["status"] in TERMINAL:
             self._signal_finished(row)
         elif row["status"] == "PENDING":
@@ -713,6 +719,7 @@ class Queue:
         if row is None:
             raise await self._fenced_miss(task_id)
         self._signal_changed(row)
+        self._dispatcher.lease_ended(row.get("consumer_id"))
         if row["status"] == "PENDING":
             self._log_change(row, "released")
             self._signal_pending(row["workflow"])

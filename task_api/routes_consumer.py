@@ -81,7 +81,7 @@ def consumer_router(svc: Services) -> APIRouter:
         ]
 
     async def long_poll(request: Request, workflow: list[str], consumer_id: str, host: str | None, limit: int,
-                        wait_s: float) -> list[dict[str, Any]]:
+                        wait_s: float, wake_on_finish: bool) -> list[dict[str, Any]]:
         hang_up = HangUpWatch(request)
         try:
             return await queue.fetch(
@@ -91,6 +91,7 @@ def consumer_router(svc: Services) -> APIRouter:
                 limit=limit,
                 wait_s=wait_s,
                 gone=hang_up,
+                wake_on_finish=wake_on_finish,
             )
         finally:
             hang_up.close()
@@ -108,10 +109,13 @@ def consumer_router(svc: Services) -> APIRouter:
         host: Optional[Text] = Query(None, max_length=255),
         limit: int = Query(1, ge=1, le=100),
         wait_s: float = Query(min(20.0, svc.settings.max_wait_s), ge=0, le=svc.settings.max_wait_s),
+        wake_on_finish: bool = Query(
+            False, description="answer 204 early when one of this consumer's leases ends (in this API process)"
+        ),
     ) -> Response:
         for name in workflow:
             svc.workflows.get(name)  # an unknown workflow is a 422, not an endless empty wait
-        rows = await long_poll(request, workflow, consumer_id, host, limit, wait_s)
+        rows = await long_poll(request, workflow, consumer_id, host, limit, wait_s, wake_on_finish)
         if not rows:
             return Response(status_code=204)
         return JSONResponse({"tasks": leased_json(rows)})
@@ -156,7 +160,8 @@ def consumer_router(svc: Services) -> APIRouter:
                 results.append({"task_id": item.task_id, "status": row["status"]})
         if fetch is None:
             return JSONResponse({"results": results})
-        leased = await long_poll(request, fetch.workflow, fetch.consumer_id, fetch.host, fetch.limit, fetch.wait_s)
+        leased = await long_poll(request, fetch.workflow, fetch.consumer_id, fetch.host, fetch.limit, fetch.wait_s,
+                                 fetch.wake_on_finish)
         return JSONResponse({"results": results, "tasks": leased_json(leased)})
 
     @router.post("/api/comm/task/{task_id}/fail", response_model=StatusResponse)

@@ -190,6 +190,7 @@ class NextFetch(Strict):
     host: Optional[Text] = Field(None, max_length=255)
     limit: int = Field(1, ge=1, le=100)
     wait_s: float = Field(0.0, ge=0)  # capped by TASKFLEET_MAX_WAIT_S in the route
+    wake_on_finish: bool = Field(False, description="end the wait early when one of this consumer's leases ends")
 
 
 class CompleteMany(Strict):

@@ -21,6 +21,10 @@ from typing import Any, Callable
 
 HANDOFF_AFTER_S = 0.002
 
+# What a parked fetch is woken with when one of its consumer's leases ends and it asked to be
+# (``wake_on_finish``): return empty now, so the consumer polls again with the slot that freed.
+REPLAN = object()
+
 
 class Waiter:
     """A fetch waiting for work. A bare future, not an ``asyncio.Event`` under ``wait_for``:
@@ -28,7 +32,7 @@ class Waiter:
     for a wake (go and claim), or a task row already leased to this fetch's consumer (a hand-off
     from a create)."""
 
-    __slots__ = ("workflows", "woken", "consumer_id", "host", "gone", "parked_at")
+    __slots__ = ("workflows", "woken", "consumer_id", "host", "gone", "parked_at", "wake_on_finish")
 
     def __init__(
         self,
@@ -36,6 +40,7 @@ class Waiter:
         consumer_id: str,
         host: str | None = None,
         gone: Callable[[], bool] | None = None,
+        wake_on_finish: bool = False,
     ) -> None:
         self.workflows = workflows  # None: any workflow
         self.woken: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -43,6 +48,7 @@ class Waiter:
         self.host = host
         self.gone = gone
         self.parked_at: float | None = None  # loop time it began waiting on ``woken``; None mid-claim
+        self.wake_on_finish = wake_on_finish
 
     def park(self) -> None:
         self.parked_at = asyncio.get_running_loop().time()
@@ -55,8 +61,14 @@ class Waiter:
     def handed(self) -> Any:
         """The row handed to this fetch, if one was."""
         if self.woken.done() and not self.woken.cancelled():
-            return self.woken.result()
+            result = self.woken.result()
+            return None if result is REPLAN else result
         return None
+
+    @property
+    def replanning(self) -> bool:
+        """Woken because one of its consumer's leases ended (see ``Dispatcher.lease_ended``)."""
+        return self.woken.done() and not self.woken.cancelled() and self.woken.result() is REPLAN
 
     def serves(self, workflow: str | None) -> bool:
         return workflow is None or self.workflows is None or workflow in self.workflows
@@ -84,11 +96,16 @@ class Dispatcher:
         self._changed_at: dict[str, int] = {}
         self._all_changed_at = 0
         self._empty_at: dict[str, int] = {}
+        # Parked fetches that asked to end when a lease of their consumer ends, by consumer id:
+        # looked up on every finish, so kept apart from the line (empty in most fleets).
+        self._on_finish: dict[str, list[Waiter]] = {}
 
     # -- fetch side -----------------------------------------------------------------------
     def register(self, waiter: Waiter) -> Waiter:
         """Register *before* looking for work, so a signal that lands mid-claim is not lost."""
         self._waiters.append(waiter)
+        if waiter.wake_on_finish:
+            self._on_finish.setdefault(waiter.consumer_id, []).append(waiter)
         return waiter
 
     def take(self, workflow: str) -> Waiter | None:
@@ -137,6 +154,23 @@ class Dispatcher:
             self._waiters.remove(waiter)
         except ValueError:
             pass
+        if waiter.wake_on_finish:
+            flagged = self._on_finish.get(waiter.consumer_id, [])
+            if waiter in flagged:
+                flagged.remove(waiter)
+            if not flagged:
+                self._on_finish.pop(waiter.consumer_id, None)
+
+    def lease_ended(self, consumer_id: str | None) -> None:
+        """A lease of ``consumer_id`` ended in this process (completed, failed or released):
+        end its parked fetches that asked for it. Such a consumer left workflows out of its
+        poll because its own tasks filled their model servers; one of them just freed a slot,
+        and a poll that stayed open would keep those workflows waiting until it timed out."""
+        if consumer_id is None or not self._on_finish:
+            return
+        for waiter in self._on_finish.get(consumer_id, ()):
+            if waiter.parked_at is not None and not waiter.is_woken:
+                waiter.woken.set_result(REPLAN)
 
     @property
     def waiting(self) -> int:

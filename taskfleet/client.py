@@ -302,10 +302,15 @@ class ConsumerClient(_Base):
         self.host = host or socket.gethostname()
 
     async def fetch(
-        self, workflows: Iterable[str] | None = None, *, limit: int = 1, wait_s: float = 20.0
+        self, workflows: Iterable[str] | None = None, *, limit: int = 1, wait_s: float = 20.0,
+        wake_on_finish: bool = False,
     ) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` tasks, waiting up to ``wait_s``. ``wake_on_finish``: the API
+        ends the wait early (empty) when one of this consumer's leases ends."""
         params: list[tuple[str, Any]] = [(("workflow"), w) for w in (workflows or ())]
         params += [("consumer_id", self.consumer_id), ("host", self.host), ("limit", limit), ("wait_s", wait_s)]
+        if wake_on_finish:
+            params.append(("wake_on_finish", "true"))
         response = await self._call(
             "GET", "/api/comm/task/fetch", params=params, timeout=wait_s + self._http.timeout.read
         )
@@ -336,7 +341,7 @@ class ConsumerClient(_Base):
 
     async def complete_and_fetch(
         self, items: list[tuple], workflows: Iterable[str] | None = None, *, limit: int = 1,
-        wait_s: float = 20.0,
+        wait_s: float = 20.0, wake_on_finish: bool = False,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """``complete_many``, and then this consumer's next fetch in the same request: (the
         results, the tasks it leased). The completions are committed before the fetch waits,
@@ -346,6 +351,8 @@ class ConsumerClient(_Base):
             "fetch": {"workflow": list(workflows or ()), "consumer_id": self.consumer_id, "host": self.host,
                       "limit": limit, "wait_s": wait_s},
         }
+        if wake_on_finish:
+            body["fetch"]["wake_on_finish"] = True
         response = await self._call("POST", "/api/comm/tasks/complete", json=body, timeout=wait_s + self._http.timeout.read)
         answer = response.json()
         return answer["results"], answer["tasks"]

@@ -32,3 +32,43 @@ async def test_a_fetch_whose_consumer_hung_up_claims_nothing(api, producer, cons
     assert got["task_id"] == task["task_id"]
     history = (await producer.get(task["task_id"]))["history"]
     assert [h["consumer_id"] for h in history] == ["test-consumer"]  # never leased to "hung-up"
+
+
+async def test_wake_on_finish_ends_the_consumers_poll_when_one_of_its_leases_ends(api, producer, consumer):
+    """A consumer that left a workflow out of its poll because its own tasks fill that
+    workflow's model servers asks to be woken when one of its leases ends; a poll without the
+    flag, or another consumer's poll, stays parked."""
+    first, second = [await producer.submit("echo", {"data": str(i)}) for i in range(2)]
+    leased = await consumer.fetch(["echo"], limit=2, wait_s=0)
+    assert {t["task_id"] for t in leased} == {first["task_id"], second["task_id"]}
+    leases = {t["task_id"]: t["lease"]["id"] for t in leased}
+
+    flagged = asyncio.create_task(consumer.fetch(["echo"], wait_s=10, wake_on_finish=True))
+    plain = asyncio.create_task(consumer.fetch(["echo"], wait_s=10))
+    async with type(consumer)(api.url, consumer_id="someone-else") as other:
+        others = asyncio.create_task(other.fetch(["echo"], wait_s=10, wake_on_finish=True))
+        await asyncio.sleep(0.3)  # all three parked
+        assert not (flagged.done() or plain.done() or others.done())
+
+        await consumer.complete(first["task_id"], leases[first["task_id"]], {"ok": True})
+        assert await asyncio.wait_for(flagged, 5) == []  # woken empty-handed, well before 10 s
+        await asyncio.sleep(0.3)
+        assert not plain.done() and not others.done()
+
+        # The same over the riding path: a completion carried by the next fetch's request.
+        flagged = asyncio.create_task(consumer.fetch(["echo"], wait_s=10, wake_on_finish=True))
+        await asyncio.sleep(0.3)
+        results, tasks = await asyncio.wait_for(
+            consumer.complete_and_fetch([(second["task_id"], leases[second["task_id"]], {})], ["echo"], wait_s=0), 5
+        )
+        assert results[0]["status"] == "COMPLETED" and tasks == []
+        assert await asyncio.wait_for(flagged, 5) == []
+        await asyncio.sleep(0.3)
+        assert not plain.done() and not others.done()  # another consumer's lease is not its business
+
+        task = await producer.submit("echo", {"data": "for one of the parked"})
+        done, parked = await asyncio.wait({plain, others}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        for p in parked:
+            p.cancel()
+        [got] = [t for d in done for t in d.result()]
+        assert got["task_id"] == task["task_id"]

@@ -96,16 +96,20 @@ async def test_fetch_plan_follows_slots_capacity_and_pauses():
     assert c.capacity.plan(running) == (["echo"], 4)  # no health answer yet: only what needs no model server
     ep.health = HealthSnapshot(healthy=True, status="healthy", capacity=2, checked_at=time.monotonic())
     assert c.capacity.plan(running) == (["echo", "fake"], 2)  # one fetch may return any mix, so capacity caps it
+    assert not c.capacity.held_by_ours
     running["t1"] = Running({"task_id": "t1"}, c.runnables["fake"], "l1")
     assert c.capacity.plan(running) == (["echo", "fake"], 1)
     running["t2"] = Running({"task_id": "t2"}, c.runnables["fake"], "l2")
     assert c.capacity.plan(running) == (["echo"], 2)  # the server is full: 2 of 4 slots left for echo
+    assert c.capacity.held_by_ours  # full of our own tasks: the poll asks to end when one of ours does
     del running["t1"], running["t2"]
     c.capacity.pause(ModelServerUnavailable("down", kind="fake"))
     assert c.capacity.plan(running) == (["echo"], 4)  # paused after an outage release
+    assert not c.capacity.held_by_ours
     ep.health.others_in_flight = 2  # other consumers fill it
     c.capacity.resume("fake")
     assert c.capacity.plan(running) == (["echo"], 4)
+    assert not c.capacity.held_by_ours  # not ours: a lease of ours ending frees nothing there
     await c.aclose()
 
 
