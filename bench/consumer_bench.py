@@ -1,10 +1,14 @@
 """What the fleet costs: latency added to a sync /process call, and tasks/s through the fleet.
 
-Starts a real task API (SQLite), consumer processes, and a fake model server that answers at once
-(tests/consumer/fake_model_server.py), all on loopback, plus the test plugin that provides the
-``fake_model`` workflow (pip-installed into a temp dir, not the shared venv).
+Starts a real task API (SQLite), consumer processes, a fake model server that answers at once
+(tests/consumer/fake_model_server.py) and the real TTS server on espeak-ng, all on loopback, plus
+the test plugin that provides the ``fake_model`` workflow (pip-installed into a temp dir, not the
+shared venv). The sync latency is printed for both: the fake server shows the fleet's own cost on
+a call that does nothing; TTS shows it on a real one, where the consumer also stores the wav and
+the SRT (local storage) and the answer carries their URLs.
 
-    python bench/consumer_bench.py [--calls 300] [--tasks 2000] [--consumers 2] [--concurrency 32]
+    python bench/consumer_bench.py [--calls 300] [--tts-calls 200] [--tasks 2000] [--consumers 2] [--concurrency 32]
+        [--py-spy DIR]
 """
 
 from __future__ import annotations
@@ -59,6 +63,17 @@ def wait_up(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise TimeoutError(url)
 
 
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the model server's /health says its model is loaded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        wait_up(url, proc, timeout)
+        if httpx.get(url, timeout=1).json().get("status") == "healthy":
+            return
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
@@ -83,6 +98,12 @@ class Fleet:
         port = self.model_url.rsplit(":", 1)[1]
         self._start([PY, str(FAKE), "--port", port, "--capacity", str(capacity)], env(PYTHONPATH=ROOT), logs)
         wait_up(self.model_url + "/health", self.procs[-1])
+        self.tts_url = f"http://127.0.0.1:{free_port()}"
+        self._start(
+            [PY, "-m", "model_servers.tts", "--host", "127.0.0.1", "--port", self.tts_url.rsplit(":", 1)[1]],
+            env(TASKFLEET_TTS_ENGINE="espeak", TASKFLEET_LOG_LEVEL="WARNING"), logs,
+        )
+        wait_ready(self.tts_url + "/health", self.procs[-1])
 
         api_port = free_port()
         self.api_url = f"http://127.0.0.1:{api_port}"
@@ -97,8 +118,8 @@ class Fleet:
             mport = free_port()
             self._start(
                 [PY, "-m", "consumer"],
-                env(PYTHONPATH=pythonpath, TASKFLEET_API_URL=self.api_url, TASKFLEET_WORKFLOWS="fake_model,echo",
-                    TASKFLEET_MODEL_SERVER_URLS=json.dumps({"fake": [self.model_url]}),
+                env(PYTHONPATH=pythonpath, TASKFLEET_API_URL=self.api_url, TASKFLEET_WORKFLOWS="fake_model,echo,tts",
+                    TASKFLEET_MODEL_SERVER_URLS=json.dumps({"fake": [self.model_url]}), TASKFLEET_TTS_URLS=self.tts_url,
                     TASKFLEET_STORAGE_URL=storage.as_uri(), TASKFLEET_CONCURRENCY=concurrency,
                     TASKFLEET_METRICS_PORT=mport, TASKFLEET_LOG_LEVEL="WARNING", TASKFLEET_CONSUMER_ID=f"bench{i}"),
                 logs,
@@ -123,7 +144,8 @@ class Fleet:
         return dst
 
     def _start(self, args, environment, logs) -> None:
-        self.roles.append("consumer" if "consumer" in args else "api" if "task_api" in args else "model server")
+        self.roles.append("consumer" if "consumer" in args else "api" if "task_api" in args
+                          else "tts server" if "model_servers.tts" in args else "model server")
         self.procs.append(subprocess.Popen(args, env=environment, cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT))
 
     def stop(self) -> None:
@@ -136,23 +158,32 @@ class Fleet:
                 p.kill()
 
 
-async def bench_latency(fleet: Fleet, calls: int) -> dict[str, float]:
-    body = {"text": "hi", "store": False}
+TTS_TEXT = "The fleet is up. Every sentence gets its own subtitle."
+
+
+async def bench_latency(fleet: Fleet, calls: int, workflow: str = "fake_model") -> dict[str, float]:
+    """Sequential calls, alternating: the model server directly, then the same through /process."""
+    if workflow == "tts":
+        direct_url, direct_body = fleet.tts_url + "/tts", {"text": TTS_TEXT}
+        body = {"text": TTS_TEXT}  # the consumer stores the wav and the SRT; the answer has their URLs
+    else:
+        direct_url, direct_body = fleet.model_url + "/process", {"text": "hi"}
+        body = {"text": "hi", "store": False}
     async with httpx.AsyncClient(timeout=60) as http:
         for _ in range(20):  # warm up both paths
-            await http.post(fleet.model_url + "/process", json={"text": "hi"})
-            await http.post(fleet.api_url + "/api/fake_model/process", json=body)
+            await http.post(direct_url, json=direct_body)
+            await http.post(f"{fleet.api_url}/api/{workflow}/process", json=body)
         direct, fleet_ms = [], []
         for _ in range(calls):
             t = time.perf_counter()
-            r = await http.post(fleet.model_url + "/process", json={"text": "hi"})
+            r = await http.post(direct_url, json=direct_body)
             direct.append((time.perf_counter() - t) * 1000)
             assert r.status_code == 200
             t = time.perf_counter()
-            r = await http.post(fleet.api_url + "/api/fake_model/process", json=body)
+            r = await http.post(f"{fleet.api_url}/api/{workflow}/process", json=body)
             fleet_ms.append((time.perf_counter() - t) * 1000)
             assert r.status_code == 200, r.text
-        listing = (await http.get(fleet.api_url + "/api/tasks", params={"workflow": "fake_model", "limit": 100})).json()
+        listing = (await http.get(fleet.api_url + "/api/tasks", params={"workflow": workflow, "limit": 100})).json()
     items = [t for t in listing["items"] if t["status"] == "COMPLETED"]
     handoff = [(_ts(t["started_at"]) - _ts(t["created_at"])) * 1000 for t in items]
     working = [(_ts(t["finished_at"]) - _ts(t["started_at"])) * 1000 for t in items]
@@ -221,6 +252,23 @@ async def main_async(args) -> None:
         print(f"  added by the fleet at p50:   {lat['added_p50']:.2f} ms (target <= 10)")
         print(f"  by the API's timestamps (1 ms resolution), p50: created -> leased {lat['handoff_p50']:.2f} ms, "
               f"leased -> completed (consumer + model call) {lat['working_p50']:.2f} ms")
+        profilers = [
+            subprocess.Popen([shutil.which("py-spy", path=str(Path(PY).parent)) or "py-spy", "record", "-p", str(p.pid), "-f", "raw", "-r", "500", "-o",
+                              str(Path(args.py_spy) / f"tts-{role}.{p.pid}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for p, role in zip(fleet.procs, fleet.roles) if role in ("api", "consumer")
+        ] if args.py_spy else []
+        tts = await bench_latency(fleet, args.tts_calls, "tts")
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+            profiler.wait(30)
+        print(f"sync /api/tts/process latency over {args.tts_calls} sequential calls, espeak-ng, "
+              f"{len(TTS_TEXT)} characters (ms):")
+        print(f"  direct to the TTS server (POST /tts):      p50 {tts['direct_p50']:.2f}  p99 {tts['direct_p99']:.2f}")
+        print(f"  through the fleet (wav + srt stored):      p50 {tts['fleet_p50']:.2f}  p99 {tts['fleet_p99']:.2f}")
+        print(f"  added by the fleet at p50:                 {tts['added_p50']:.2f} ms (target <= 6)")
+        print(f"  by the API's timestamps, p50: created -> leased {tts['handoff_p50']:.2f} ms, "
+              f"leased -> completed (consumer + TTS call + storing) {tts['working_p50']:.2f} ms")
         print(f"throughput, {args.consumers} consumer(s) x concurrency {args.concurrency}:")
         for wf in ("echo", "fake_model"):
             before = fleet.cpu_s()
@@ -239,9 +287,11 @@ async def main_async(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--calls", type=int, default=300)
+    p.add_argument("--tts-calls", type=int, default=200)
     p.add_argument("--tasks", type=int, default=2000)
     p.add_argument("--consumers", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--py-spy", metavar="DIR", help="record py-spy raw profiles of the API and consumers in the tts run")
     asyncio.run(main_async(p.parse_args()))
 
 
