@@ -25,6 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from consumer.circuit import CircuitBreaker, CircuitState
 from consumer.errors import ModelServerError, ModelServerTimeout, ModelServerUnavailable
 from consumer.metrics import Metrics
+from taskfleet.client import ApiTransport
 from taskfleet.errors import parse_error_body
 from taskfleet.logs import stamp_context_headers
 from taskfleet.retry import connect_retry_transport
@@ -97,7 +98,9 @@ class Endpoint:
         self.client = httpx.AsyncClient(
             base_url=self.url,
             # Few, quick resends: tenacity's tries above this layer may move to another server.
-            transport=connect_retry_transport(transport or httpx.AsyncHTTPTransport(), total=2, backoff_factor=0.1),
+            # aiohttp under the httpx API, as the task API client: about 0.6 ms less CPU per
+            # call than httpcore here (bench/consumer_bench.py), with the same exception mapping.
+            transport=connect_retry_transport(transport or ApiTransport(), total=2, backoff_factor=0.1),
             timeout=httpx.Timeout(120.0, connect=CONNECT_TIMEOUT_S),
             trust_env=False,
             event_hooks={"request": [stamp_context_headers]},

@@ -55,7 +55,9 @@ _BY_STATUS: dict[int, type[errors.TaskfleetError]] = {
 
 
 class ApiTransport(AiohttpTransport):
-    """httpx-aiohttp turns every ``aiohttp.ClientConnectionError`` into ``ConnectTimeout``,
+    """The transport under the task API clients and the consumer's model-server clients.
+
+    httpx-aiohttp turns every ``aiohttp.ClientConnectionError`` into ``ConnectTimeout``,
     including a server that dropped the connection after the request went out. Only a failed
     connect may be resent, so the others become ``RemoteProtocolError``."""
 
