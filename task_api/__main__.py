@@ -24,8 +24,9 @@ KEEP_ALIVE_S = 30
 
 
 class ApiServer(uvicorn.Server):
-    """uvicorn's server, which also ends the open task event streams on SIGTERM / SIGINT: it
-    waits for every open response before it stops, and a stream would otherwise never end."""
+    """uvicorn's server, which also ends the open task event streams and parked long polls on
+    SIGTERM / SIGINT: it waits for every open response before it stops, and a stream would
+    otherwise never end, a parked fetch not before its wait_s."""
 
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         app, host=settings.host, port=settings.port, log_level=log_level, access_log=False, log_config=None,
         timeout_keep_alive=KEEP_ALIVE_S,
     )
-    ApiServer(config, on_exit=app.state.services.queue.events.close).run()
+    ApiServer(config, on_exit=app.state.services.queue.end_waits).run()
 
 
 if __name__ == "__main__":

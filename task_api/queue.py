@@ -317,6 +317,12 @@ class Queue:
             )
         return existing, False
 
+    def end_waits(self) -> None:
+        """On SIGTERM: end the open event streams and the parked long polls, which the server
+        would otherwise wait out (up to TASKFLEET_MAX_WAIT_S) before it stops."""
+        self.events.close()
+        self._dispatcher.close()
+
     async def aclose(self) -> None:
         await self._creates.aclose()
 
@@ -531,7 +537,7 @@ class Queue:
                         self._dispatcher.pending(rows[-1]["workflow"])
                     return rows
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._dispatcher.closing:
                     return []
                 waiter.park()
                 try:

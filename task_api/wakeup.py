@@ -22,7 +22,8 @@ from typing import Any, Callable
 HANDOFF_AFTER_S = 0.002
 
 # What a parked fetch is woken with when one of its consumer's leases ends and it asked to be
-# (``wake_on_finish``): return empty now, so the consumer polls again with the slot that freed.
+# (``wake_on_finish``), or when the server shuts down: return empty now, so the consumer polls
+# again (with the slot that freed; at another replica, or this one once it is back).
 REPLAN = object()
 
 
@@ -99,6 +100,7 @@ class Dispatcher:
         # Parked fetches that asked to end when a lease of their consumer ends, by consumer id:
         # looked up on every finish, so kept apart from the line (empty in most fleets).
         self._on_finish: dict[str, list[Waiter]] = {}
+        self.closing = False
 
     # -- fetch side -----------------------------------------------------------------------
     def register(self, waiter: Waiter) -> Waiter:
@@ -107,6 +109,15 @@ class Dispatcher:
         if waiter.wake_on_finish:
             self._on_finish.setdefault(waiter.consumer_id, []).append(waiter)
         return waiter
+
+    def close(self) -> None:
+        """The server is shutting down, and uvicorn waits for every open response before it
+        stops: parked fetches answer empty at once rather than at the end of their wait_s, and
+        later ones do not park (see Queue.fetch)."""
+        self.closing = True
+        for waiter in self._waiters:
+            if not waiter.is_woken:
+                waiter.woken.set_result(REPLAN)
 
     def take(self, workflow: str) -> Waiter | None:
         """A fetch parked for a while that serves ``workflow`` and whose consumer is still

@@ -72,3 +72,25 @@ async def test_wake_on_finish_ends_the_consumers_poll_when_one_of_its_leases_end
             p.cancel()
         [got] = [t for d in done for t in d.result()]
         assert got["task_id"] == task["task_id"]
+
+
+async def test_shutdown_answers_parked_fetches_instead_of_waiting_them_out(tmp_path):
+    """uvicorn waits for every open response before it stops: on SIGTERM a parked fetch answers
+    empty (its consumer polls again, elsewhere or here once the API is back) instead of holding
+    the shutdown for the rest of its wait_s."""
+    import signal
+
+    from support import api_process
+    from taskfleet.client import ConsumerClient
+
+    api = api_process(f"sqlite:///{tmp_path / 'tasks.db'}", tmp_path).start()
+    try:
+        async with ConsumerClient(api.url, consumer_id="parked") as consumer:
+            parked = asyncio.create_task(consumer.fetch(["echo"], wait_s=60))
+            await asyncio.sleep(0.5)
+            assert not parked.done()
+            returncode = await asyncio.to_thread(api.terminate, 20)
+            assert returncode != -signal.SIGKILL, "the API had to be killed: a parked fetch held its shutdown"
+            assert await asyncio.wait_for(parked, 5) == []
+    finally:
+        api.kill()
