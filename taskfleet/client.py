@@ -121,9 +121,12 @@ class _Base:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         resend_for_s: float | None = None,
+        connect_retries: int = 5,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        stack: httpx.AsyncBaseTransport = connect_retry_transport(transport or ApiTransport(), total=5, backoff_factor=0.2)
+        stack: httpx.AsyncBaseTransport = connect_retry_transport(
+            transport or ApiTransport(), total=connect_retries, backoff_factor=0.2
+        )
         if resend_for_s:
             stack = ResendTransport(stack, budget_s=resend_for_s)
         self._http = httpx.AsyncClient(
@@ -154,8 +157,9 @@ class _Base:
 
 
 class ProducerClient(_Base):
-    """``resend_for_s``: how long a request is resent through 503s and lost answers (see the
-    module's docstring) before the error is the caller's; 0 turns that off."""
+    """``resend_for_s``: how long a request is resent through 503s, lost answers and an API that
+    cannot be reached (see the module's docstring) before the error is the caller's; 0 turns that
+    off. ``connect_retries``: quick reconnects (0.2 s, doubling) inside each of those tries."""
 
     def __init__(
         self,
@@ -165,8 +169,11 @@ class ProducerClient(_Base):
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         resend_for_s: float = 30.0,
+        connect_retries: int = 5,
     ) -> None:
-        super().__init__(base_url, token, timeout=timeout, transport=transport, resend_for_s=resend_for_s)
+        super().__init__(
+            base_url, token, timeout=timeout, transport=transport, resend_for_s=resend_for_s, connect_retries=connect_retries
+        )
 
     async def submit(
         self,

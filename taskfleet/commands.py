@@ -60,6 +60,13 @@ def _positive(value: str) -> float:
     return seconds
 
 
+def _non_negative(value: str) -> float:
+    seconds = float(value)
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError("must be 0 or more seconds")
+    return seconds
+
+
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-url", type=_api_url, default=os.environ.get("TASKFLEET_API_URL", DEFAULT_API_URL),
@@ -72,6 +79,10 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--request-timeout", type=_positive, default=30.0, metavar="SECONDS",
         help="give up on one API request after this long (default 30)",
+    )
+    parser.add_argument(
+        "--retry-for", type=_non_negative, default=5.0, metavar="SECONDS",
+        help="keep trying an API that cannot be reached or answers 503 (a restart) for this long (default 5; 0: once)",
     )
 
 
@@ -187,7 +198,9 @@ def _describe_details(details: Any) -> str:
 def _client(args: argparse.Namespace):
     from taskfleet.client import AdminClient
 
-    return AdminClient(args.api_url, args.token, timeout=args.request_timeout)
+    # A person is waiting: a few seconds carry a command through an API restart, then the
+    # failure is theirs to see (a program's client keeps trying for 30 s).
+    return AdminClient(args.api_url, args.token, timeout=args.request_timeout, resend_for_s=args.retry_for, connect_retries=2)
 
 
 def _read_input(raw: str) -> Any:

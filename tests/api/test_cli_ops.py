@@ -125,6 +125,30 @@ def test_failures_are_one_or_two_lines_and_a_non_zero_exit(tmp_path):
         )
 
 
+def test_retry_for_carries_a_command_through_an_api_that_is_not_up_yet(tmp_path):
+    """An API restarting (here: not started yet) is waited for up to --retry-for; with 0 the
+    command fails at once. The API below comes up about a second after the command starts,
+    later than the client's own quick reconnects (0.2 + 0.4 s) reach."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLEET_")}
+    command = [sys.executable, "-m", "taskfleet", "tasks", "list", "--json", "--api-url", url]
+    patient = subprocess.Popen([*command, "--retry-for", "60"], cwd=ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hasty = subprocess.Popen([*command, "--retry-for", "0"], cwd=ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, hasty_err = hasty.communicate(timeout=60)
+        assert hasty.returncode == 2 and "cannot reach the task API" in hasty_err, hasty_err
+        assert patient.poll() is None  # still trying
+        with api_process(f"sqlite:///{tmp_path / 'tasks.db'}", tmp_path, port=port):
+            out, err = patient.communicate(timeout=60)
+        assert patient.returncode == 0, err
+        assert json.loads(out)["items"] == []
+    finally:
+        for p in (patient, hasty):
+            if p.poll() is None:
+                p.kill()
+
+
 def test_every_command_and_flag_has_help():
     for command, build in commands.PARSERS.items():
         parsers = [build()]
