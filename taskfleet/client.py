@@ -303,8 +303,9 @@ class ConsumerClient(_Base):
         host: str | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        connect_retries: int = 5,
     ) -> None:
-        super().__init__(base_url, token, timeout=timeout, transport=transport)
+        super().__init__(base_url, token, timeout=timeout, transport=transport, connect_retries=connect_retries)
         # The API's log lines for a task's heartbeats and completion carry the attempt's request id.
         self._http.event_hooks["request"].append(stamp_context_headers)
         self.consumer_id = consumer_id or f"csm_{uuid.uuid4().hex[:12]}"

@@ -82,7 +82,8 @@ async def test_a_failed_request_reaches_every_caller(tmp_path):
     # Nothing listens on this port: the request fails and each waiting caller sees the error.
     from support import free_port
 
-    async with ConsumerClient(f"http://127.0.0.1:{free_port()}", timeout=2) as client:
+    # No reconnects: what is tested is where the error goes, not how long the client tries.
+    async with ConsumerClient(f"http://127.0.0.1:{free_port()}", timeout=2, connect_retries=0) as client:
         batcher = CompletionBatcher(client)
         results = await asyncio.gather(
             *(batcher.complete(f"tsk_{i}", "lease", {}) for i in range(5)), return_exceptions=True
