@@ -343,6 +343,20 @@ class Queue:
     async def history(self, task_id: str) -> list[Row]:
         return await self.store.fetch(sql.SELECT_ATTEMPTS, {"id": task_id})
 
+    async def with_history(self, task_id: str) -> tuple[Row, list[Row]]:
+        """The task and its attempts as of one moment. Read apart, a completion committed between
+        the two reads showed an ended attempt on a task still PROCESSING (an events stream sent
+        that torn view as a change). Every write to the attempts also writes the task row, so the
+        task is read again after its history, and the pair again while it moved."""
+        row = await self.get(task_id)
+        for _ in range(5):  # a task heartbeating faster than three reads is still answered
+            history = await self.history(task_id)
+            again = await self.get(task_id)
+            if again["updated_at"] == row["updated_at"]:
+                break
+            row = again
+        return row, history
+
     async def list(
         self, *, status: str | None, workflow: str | None, limit: int, cursor: str | None,
         producer: str | None = None,

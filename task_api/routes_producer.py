@@ -149,8 +149,8 @@ def producer_router(svc: Services) -> APIRouter:
         return JSONResponse({"tasks": [task_json(r) for r, _ in results]}, status_code=201 if created else 200)
 
     async def task_detail(task_id: str) -> dict[str, Any]:
-        row = await queue.get(task_id)
-        body = {**task_json(row), "history": [attempt_json(r) for r in await queue.history(task_id)]}
+        row, history = await queue.with_history(task_id)
+        body = {**task_json(row), "history": [attempt_json(r) for r in history]}
         stages = await queue.stages(row)
         if stages is not None:  # a pipeline's GET adds its stages; other tasks' GET is unchanged
             body["stages"] = stages

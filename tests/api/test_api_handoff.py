@@ -114,3 +114,25 @@ async def test_on_postgres_the_handed_task_is_flushed_before_the_create_answers(
     assert created and got["id"] == row["id"]
     assert flushed["ok"], "the create answered before its task's WAL reached disk"
     await queue.aclose()
+
+
+async def test_a_task_and_its_history_are_read_as_of_one_moment(queue_db):
+    """A completion committed between the task's read and its history's (forced here) is not
+    shown torn, as an ended attempt on a task still PROCESSING."""
+    queue = Queue(queue_db, Dispatcher(), lease_s=30, backoff_base_s=1, backoff_max_s=10)
+    row, _ = await queue.create(**spec("read together"))
+    [leased] = await queue.fetch(["echo"], consumer_id="c", host=None, limit=1, wait_s=0)
+    history = queue.history
+    completed = False
+
+    async def completing_first(task_id):
+        nonlocal completed
+        if not completed:
+            completed = True
+            await queue.complete(task_id, leased["lease_id"], {"ok": True})
+        return await history(task_id)
+
+    queue.history = completing_first
+    task, attempts = await queue.with_history(row["id"])
+    assert completed
+    assert task["status"] == "COMPLETED" and [a["outcome"] for a in attempts] == ["completed"]
