@@ -77,6 +77,10 @@ class Waiter:
     def wake(self) -> None:
         self.hand(None)
 
+    def replan(self) -> None:
+        """End the wait empty-handed (see REPLAN)."""
+        self.hand(REPLAN)
+
     @property
     def is_woken(self) -> bool:
         return self.woken.done()
@@ -116,8 +120,7 @@ class Dispatcher:
         later ones do not park (see Queue.fetch)."""
         self.closing = True
         for waiter in self._waiters:
-            if not waiter.is_woken:
-                waiter.woken.set_result(REPLAN)
+            waiter.replan()
 
     def take(self, workflow: str) -> Waiter | None:
         """A fetch parked for a while that serves ``workflow`` and whose consumer is still
@@ -180,8 +183,8 @@ class Dispatcher:
         if consumer_id is None or not self._on_finish:
             return
         for waiter in self._on_finish.get(consumer_id, ()):
-            if waiter.parked_at is not None and not waiter.is_woken:
-                waiter.woken.set_result(REPLAN)
+            if waiter.parked_at is not None:
+                waiter.replan()
 
     @property
     def waiting(self) -> int:
