@@ -24,7 +24,7 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from consumer.completions import CompletionBatcher
-from consumer.context import Progress, TaskContext
+from consumer.context import Progress, TaskContext, workdir_made
 from consumer.errors import ModelServerUnavailable, ProcessorError, TaskTimeout
 from consumer.inputs import InputFetcher
 from consumer.metrics import Metrics
@@ -45,6 +45,7 @@ MIN_HEARTBEAT_S = 0.2
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 PROGRESS_HEARTBEAT_MIN_S = 1.0  # progress changes are pushed at most this often
 HEARTBEAT_RETRY_S = 0.5  # the first retry of a failed heartbeat; doubling, up to the regular interval
+REPORT_RETRY_S = 0.2  # the first retry of a failed complete / fail / release; doubling, up to 5 s
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -161,7 +162,7 @@ class Attempts:
         started = time.perf_counter()
         outcome = "error"
         ran_s: float | None = None
-        workdir: Path | None = None
+        ctx: TaskContext | None = None
         heartbeat: asyncio.Task | None = None
         try:
             if self._stopping.is_set():
@@ -173,9 +174,8 @@ class Attempts:
             try:
                 # Unique per attempt (a stale one from a killed consumer must not be reused);
                 # created when the processor first touches ctx.workdir.
-                workdir = self.scratch.path / _SAFE_NAME.sub("_", f"{running.task_id}-{running.lease_id}")
                 lease_s = max(1.0, _seconds_until(task["lease"]["expires_at"]))
-                ctx = self._context(running, workdir)
+                ctx = self._context(running, self.scratch.path / _SAFE_NAME.sub("_", f"{running.task_id}-{running.lease_id}"))
             except Exception as exc:  # noqa: BLE001 -- e.g. a full disk: reported like a processor failure
                 error = exc
             else:
@@ -201,9 +201,9 @@ class Attempts:
                 heartbeat.cancel()
             if running.work is not None and not running.work.done():
                 running.work.cancel()
-            if workdir is not None:
+            if ctx is not None and workdir_made(ctx):
                 # Inline, not in a thread: unlinking a few files is cheaper than the thread hop.
-                shutil.rmtree(workdir, ignore_errors=True)
+                shutil.rmtree(ctx.workdir, ignore_errors=True)
             if ran_s is None:
                 ran_s = self._free_slot(running, started)
             self.metrics.tasks.labels(r.name, outcome).inc()
@@ -342,15 +342,24 @@ class Attempts:
         call: Callable[..., Awaitable[Any]] = (
             self.completions.complete if action == "complete" else getattr(self.client, action)
         )
-        tries = 0
+        tries = 1
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_delay(30), wait=wait_exponential(multiplier=0.2, max=5),
-                retry=retry_if_exception(_is_transient), reraise=True,
-            ):
-                with attempt:
-                    tries += 1
-                    await call(task_id, lease_id, **kwargs)
+            try:
+                await call(task_id, lease_id, **kwargs)
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise
+                # Only a report that met trouble pays for the retry machinery (a tenth of a
+                # millisecond a task otherwise): the first try is made above, the rest here,
+                # after the first backoff's wait.
+                await asyncio.sleep(REPORT_RETRY_S)
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_delay(30), wait=wait_exponential(multiplier=REPORT_RETRY_S, max=5),
+                    retry=retry_if_exception(_is_transient), reraise=True,
+                ):
+                    with attempt:
+                        tries += 1
+                        await call(task_id, lease_id, **kwargs)
         except LeaseLost:
             if tries > 1:
                 # An earlier try probably landed and its answer was lost; the fence then refuses the resend.

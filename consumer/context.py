@@ -140,3 +140,8 @@ def _set_workdir(self: TaskContext, value: Path | str) -> None:
 
 
 TaskContext.workdir = property(_get_workdir, _set_workdir)  # type: ignore[assignment]
+
+
+def workdir_made(ctx: TaskContext) -> bool:
+    """Whether the task's work directory was made (something asked for ``ctx.workdir``)."""
+    return bool(ctx.__dict__.get("_workdir_made"))
