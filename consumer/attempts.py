@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Protocol
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -88,6 +88,23 @@ class Running:
             self.stop_reason = reason
         if self.work is not None and not self.work.done():
             self.work.cancel()
+
+
+class DeferredTask:
+    """A task started ``after_s`` from now unless cancelled first: one that is seldom needed
+    costs a timer, not a task and the timers of its first wait."""
+
+    def __init__(self, start: Callable[[], Coroutine[Any, Any, None]], after_s: float) -> None:
+        self._task: asyncio.Task | None = None
+        self._timer = asyncio.get_running_loop().call_later(after_s, self._start, start)
+
+    def _start(self, start: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._task = asyncio.create_task(start())
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 class CapacityHooks(Protocol):
@@ -163,7 +180,7 @@ class Attempts:
         outcome = "error"
         ran_s: float | None = None
         ctx: TaskContext | None = None
-        heartbeat: asyncio.Task | None = None
+        heartbeat: DeferredTask | None = None
         try:
             if self._stopping.is_set():
                 outcome = "released"
@@ -180,7 +197,13 @@ class Attempts:
                 error = exc
             else:
                 running.work = asyncio.create_task(self._process(r, ctx))
-                heartbeat = asyncio.create_task(self._heartbeat_loop(running, lease_s))
+                began = time.monotonic()
+                # Nothing is sent before the first interval, or a second after the start for
+                # progress, so the loop starts only then: most short tasks are over by that time.
+                heartbeat = DeferredTask(
+                    lambda: self._heartbeat_loop(running, lease_s, began),
+                    after_s=min(PROGRESS_HEARTBEAT_MIN_S, max(MIN_HEARTBEAT_S, lease_s / 3)),
+                )
                 timeout_s = max(0.05, float(task.get("timeout_s") or r.workflow.timeout_s) - TIMEOUT_MARGIN_S)
                 done, _ = await asyncio.wait({running.work}, timeout=timeout_s)
                 if not done:
@@ -256,10 +279,12 @@ class Attempts:
                                      code="invalid_output", retryable=False) from None
         return output
 
-    async def _heartbeat_loop(self, running: Running, lease_s: float) -> None:
+    async def _heartbeat_loop(self, running: Running, lease_s: float, began: float) -> None:
+        """From ``began`` (the attempt's start, monotonic): a heartbeat each third of the lease,
+        sooner (but at most once a second) when progress moves."""
         interval = max(MIN_HEARTBEAT_S, lease_s / 3)
-        lease_left_until = time.monotonic() + lease_s
-        last_sent = time.monotonic()
+        lease_left_until = began + lease_s
+        last_sent = began
         retry_in: float | None = None  # set while heartbeats fail: the next try comes sooner
         while True:
             next_due = last_sent + (interval if retry_in is None else min(interval, retry_in))

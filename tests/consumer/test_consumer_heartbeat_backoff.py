@@ -4,6 +4,7 @@ never later than the regular schedule; the lease is kept and the schedule resume
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -42,7 +43,7 @@ async def test_a_503_heartbeat_is_retried_with_backoff_and_the_lease_kept(monkey
     async with ConsumerClient("http://api.test", transport=httpx.MockTransport(api)) as client:
         owner = Attempts.__new__(Attempts)
         owner.client = client
-        await Attempts._heartbeat_loop(owner, running, 6.0)  # interval: 2 s
+        await Attempts._heartbeat_loop(owner, running, 6.0, time.monotonic())  # interval: 2 s
 
     assert calls == answers
     assert running.stop_reason == "cancelled" and running.cancel_requested  # the 503s did not end the attempt
