@@ -56,6 +56,10 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
+def _heartbeat_interval(lease_s: float) -> float:
+    return max(MIN_HEARTBEAT_S, lease_s / 3)
+
+
 def _seconds_until(iso: str) -> float:
     expires = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     if expires.tzinfo is None:
@@ -202,7 +206,7 @@ class Attempts:
                 # progress, so the loop starts only then: most short tasks are over by that time.
                 heartbeat = DeferredTask(
                     lambda: self._heartbeat_loop(running, lease_s, began),
-                    after_s=min(PROGRESS_HEARTBEAT_MIN_S, max(MIN_HEARTBEAT_S, lease_s / 3)),
+                    after_s=min(PROGRESS_HEARTBEAT_MIN_S, _heartbeat_interval(lease_s)),
                 )
                 timeout_s = max(0.05, float(task.get("timeout_s") or r.workflow.timeout_s) - TIMEOUT_MARGIN_S)
                 done, _ = await asyncio.wait({running.work}, timeout=timeout_s)
@@ -282,7 +286,7 @@ class Attempts:
     async def _heartbeat_loop(self, running: Running, lease_s: float, began: float) -> None:
         """From ``began`` (the attempt's start, monotonic): a heartbeat each third of the lease,
         sooner (but at most once a second) when progress moves."""
-        interval = max(MIN_HEARTBEAT_S, lease_s / 3)
+        interval = _heartbeat_interval(lease_s)
         lease_left_until = began + lease_s
         last_sent = began
         retry_in: float | None = None  # set while heartbeats fail: the next try comes sooner

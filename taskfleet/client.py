@@ -145,7 +145,7 @@ class _Base:
         self._stamp_context = False  # whether requests carry the request and task ids of the work in hand
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        response = await self._http.request(method, self._absolute.get(url, url), **kwargs)
+        response = await self._http.request(method, url, **kwargs)
         raise_for_error(response)
         return response
 
