@@ -9,6 +9,7 @@ gets exactly its share of frames (``frames_between``), so the video is as long a
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from taskfleet.workflows.video import ComposeInput, ComposeOutput, ComposeSettin
 KENBURNS_ZOOM = 0.12
 LOGO_WIDTH = 0.15  # of the frame's width
 LOGO_MARGIN = 0.03  # of the frame's shorter side
+FETCH_CONCURRENCY = 8  # downloads of one compose at a time
+CHECK_GROUP = 32  # files one ffmpeg run checks at most: bounds what one process opens at once
 X264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"]
 
 
@@ -92,23 +95,45 @@ def with_image_urls(segments: list[Segment], images: list[dict[str, Any]]) -> li
 
 
 async def fetch_media(ctx: TaskContext, inp: ComposeInput, segments: list[Segment]) -> Media:
-    speech = await ctx.fetch_input(inp.audio_url, "speech" + _suffix(inp.audio_url, ".wav"))
-    by_url: dict[str, Path] = {}  # a stock clip used by several segments is fetched once
-    paths = []
-    for s in segments:
-        if s.url not in by_url:
-            kind = "stock" if s.source == "stock" else "image"
-            by_url[s.url] = await ctx.fetch_input(s.url, f"{kind}_{len(by_url)}{_suffix(s.url, '.bin')}")
-        paths.append(by_url[s.url])
-    media = Media(speech=speech, segments=paths, stock=[s.source == "stock" for s in segments])
+    """Every input into the work directory, ``FETCH_CONCURRENCY`` downloads at a time (a video
+    has dozens of images; one after another, their round trips to S3 or GCS add up)."""
     settings = inp.settings
-    if settings.subtitles != "none" and inp.srt_url:
-        media.srt = await ctx.fetch_input(inp.srt_url, "subtitles.srt")
-    if settings.logo_url:
-        media.logo = await ctx.fetch_input(settings.logo_url, "logo" + _suffix(settings.logo_url, ".png"))
-    if settings.music_url:
-        media.music = await ctx.fetch_input(settings.music_url, "music" + _suffix(settings.music_url, ".audio"))
-    return media
+    names = {inp.audio_url: "speech" + _suffix(inp.audio_url, ".wav")}
+    for s in segments:  # a stock clip used by several segments is fetched once
+        if s.url not in names:
+            kind = "stock" if s.source == "stock" else "image"
+            names[s.url] = f"{kind}_{len(names) - 1}{_suffix(s.url, '.bin')}"
+    srt = inp.srt_url if settings.subtitles != "none" else None
+    logo, music = settings.logo_url, settings.music_url
+    extra = {
+        "srt": (srt, "subtitles.srt"),
+        "logo": (logo, "logo" + _suffix(logo or "", ".png")),
+        "music": (music, "music" + _suffix(music or "", ".audio")),
+    }
+    wanted = list(names.items()) + [(url, name) for url, name in extra.values() if url]
+    room = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+    async def fetch(url: str, name: str) -> Path:
+        async with room:
+            return await ctx.fetch_input(url, name)
+
+    fetches = [asyncio.ensure_future(fetch(url, name)) for url, name in wanted]
+    try:
+        paths = dict(zip((name for _, name in wanted), await asyncio.gather(*fetches)))
+    except BaseException:
+        # One failed (or the task was cancelled): the others stop too, before the error goes up.
+        for f in fetches:
+            f.cancel()
+        await asyncio.gather(*fetches, return_exceptions=True)
+        raise
+    return Media(
+        speech=paths[names[inp.audio_url]],
+        segments=[paths[names[s.url]] for s in segments],
+        stock=[s.source == "stock" for s in segments],
+        srt=paths[extra["srt"][1]] if srt else None,
+        logo=paths[extra["logo"][1]] if logo else None,
+        music=paths[extra["music"][1]] if music else None,
+    )
 
 
 def _suffix(url: str, default: str) -> str:
@@ -117,19 +142,34 @@ def _suffix(url: str, default: str) -> str:
     return suffix if suffix.isascii() and 1 < len(suffix) <= 6 and suffix[1:].isalnum() else default
 
 
-async def decodes(ffmpeg: str, path: Path, kind: str) -> bool:
-    """Whether ffmpeg decodes the file's first video frame or first second of audio without an
-    error. A probe alone is not enough: the image demuxer trusts a .png name over its bytes."""
-    select = ["-map", "0:v:0", "-frames:v", "1"] if kind == "video" else ["-map", "0:a:0", "-t", "1"]
+async def decodes(ffmpeg: str, files: list[tuple[Path, str]]) -> bool:
+    """Whether ffmpeg decodes every file's first video frame (``kind`` "video") or first second of
+    audio ("audio") without an error, all in one run: a process start costs more than a frame.
+    A probe alone is not enough: the image demuxer trusts a .png name over its bytes."""
+    inputs: list[str] = []
+    outputs: list[str] = []
+    for i, (path, kind) in enumerate(files):
+        inputs += ["-i", str(path)]
+        select = [f"{i}:v:0", "-frames:v", "1"] if kind == "video" else [f"{i}:a:0", "-t", "1"]
+        outputs += ["-map", *select, "-f", "null", "-"]
     proc = await asyncio.create_subprocess_exec(
-        ffmpeg, "-nostdin", "-v", "error", "-xerror", "-i", str(path), *select, "-f", "null", "-",
+        ffmpeg, "-nostdin", "-v", "error", "-xerror", *inputs, *outputs,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-    return await proc.wait() == 0
+    try:
+        return await proc.wait() == 0
+    except asyncio.CancelledError:
+        proc.kill()
+        await proc.wait()
+        raise
 
 
 async def check_media(ffmpeg: str, media: Media) -> None:
-    """Fail fast, without a retry, on a file that is not what it should be."""
+    """Fail fast, without a retry, on a file that is not what it should be.
+
+    The files are checked in a few ffmpeg runs side by side (one per core, at most
+    ``CHECK_GROUP`` files each); a run stops at its first bad file without naming it, so only
+    the files of a failed run are then checked one by one, in order, to name it."""
     checks: list[tuple[Path, str, str, str]] = [(media.speech, "audio", "invalid_speech", "the speech")]
     seen: set[Path] = set()
     for path, stock in zip(media.segments, media.stock):
@@ -140,9 +180,23 @@ async def check_media(ffmpeg: str, media: Media) -> None:
         checks.append((media.logo, "video", "invalid_logo", "logo_url"))
     if media.music:
         checks.append((media.music, "audio", "invalid_music", "music_url"))
-    for path, kind, code, what in checks:
-        if not await decodes(ffmpeg, path, kind):
-            raise MediaInvalid(f"{what} ({path.name}) is not {'an image or video' if kind == 'video' else 'audio'} ffmpeg can read", code=code)
+    cores = os.cpu_count() or 1
+    size = min(CHECK_GROUP, -(-len(checks) // cores))
+    groups = [checks[i : i + size] for i in range(0, len(checks), size)]
+    running = asyncio.Semaphore(cores)
+
+    async def group_decodes(group: list[tuple[Path, str, str, str]]) -> bool:
+        async with running:
+            return await decodes(ffmpeg, [(path, kind) for path, kind, _, _ in group])
+
+    results = await asyncio.gather(*(group_decodes(g) for g in groups))
+    for group, ok in zip(groups, results):
+        if ok:
+            continue
+        for path, kind, code, what in group:
+            if not await decodes(ffmpeg, [(path, kind)]):
+                raise MediaInvalid(f"{what} ({path.name}) is not {'an image or video' if kind == 'video' else 'audio'} ffmpeg can read", code=code)
+    # Every file decoded alone though its run failed: a resource problem, left to the render (retried).
 
 
 def frames_between(spans: list[tuple[float, float]], duration_s: float, fps: int) -> list[int]:

@@ -182,3 +182,76 @@ async def test_a_cancel_while_ffmpeg_runs_stops_it_and_stores_nothing(tmp_path, 
     with pytest.raises(TaskCancelled):
         await compose(tmp_path, compose_input(media), cancel_after=2)
     assert not (tmp_path / "store").exists()
+
+
+async def test_the_checks_name_the_first_bad_file_among_many(tmp_path, media):
+    from consumer.processors.video_compose import Media, MediaInvalid, check_media
+
+    # More files than one check run takes: the bad ones sit inside later runs, not first in them.
+    images = []
+    for i in range(70):
+        images.append(tmp_path / f"image_{i:02d}.png")
+        shutil.copyfile(media["red"], images[-1])
+    truncated = media["red"].read_bytes()[:60]  # a PNG's signature and header, then nothing
+    images[45].write_bytes(truncated)
+    images[61].write_bytes(truncated)
+    m = Media(speech=media["speech"], segments=images, stock=[False] * len(images))
+    with pytest.raises(MediaInvalid) as err:
+        await check_media("ffmpeg", m)
+    assert err.value.code == "invalid_image" and err.value.retryable is False
+    assert "image_45.png" in err.value.message
+    images[45].write_bytes(media["red"].read_bytes())
+    images[61].write_bytes(media["red"].read_bytes())
+    await check_media("ffmpeg", m)  # all good: no error
+
+
+async def test_inputs_are_fetched_side_by_side_and_one_failure_stops_the_rest(tmp_path, media):
+    import asyncio
+
+    from consumer.processors.video_compose import FETCH_CONCURRENCY, fetch_media, with_image_urls
+    from taskfleet.workflows.video import ComposeInput
+
+    class SlowFetcher(CopyFetcher):
+        def __init__(self, fail: str | None = None) -> None:
+            self.now, self.most, self.fail = 0, 0, fail
+
+        async def fetch(self, url: str, dest: Path, *, storage) -> int:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            try:
+                await asyncio.sleep(0.05)
+                if url == self.fail:
+                    raise TaskfleetError("gone", code="input_unavailable", status=422, retryable=False)
+                await asyncio.sleep(0.05)
+                return await super().fetch(url, dest, storage=storage)
+            finally:
+                self.now -= 1
+
+    data = compose_input(media)
+    data["segments"] = [
+        {"index": i, "start_s": i * 0.2, "end_s": (i + 1) * 0.2, "text": "w", "source": "generated"} for i in range(16)
+    ]
+    copies = []
+    for i in range(16):  # distinct URLs, so each is its own download
+        copies.append(tmp_path / f"still_{i}.png")
+        shutil.copyfile(media["red"], copies[-1])
+    data["images"] = [image_output(p) for p in copies]
+    inp = ComposeInput.model_validate(data)
+    segments = with_image_urls(inp.segments, inp.images)
+
+    def context(fetcher, name):
+        return TaskContext(
+            task_id="tsk_fetch", workflow="video_compose", input=data, attempt=1, workdir=tmp_path / name,
+            storage=DirStorage(tmp_path / "store"), timeout_s=60, _fetcher=fetcher,
+        )  # fmt: skip
+
+    fetcher = SlowFetcher()
+    m = await fetch_media(context(fetcher, "ok"), inp, segments)
+    assert 1 < fetcher.most <= FETCH_CONCURRENCY
+    assert [p.read_bytes() for p in m.segments] == [media["red"].read_bytes()] * 16 and m.speech.exists()
+
+    fetcher = SlowFetcher(fail=copies[3].as_uri())
+    with pytest.raises(TaskfleetError) as err:
+        await fetch_media(context(fetcher, "failing"), inp, segments)
+    assert err.value.code == "input_unavailable"
+    assert fetcher.now == 0  # nothing still downloading once the error is raised
