@@ -9,7 +9,10 @@ Promises kept here:
 - a fetch the API refuses for the token (401/403) ends the loop with ``TokenRefused``: the
   consumer stops instead of retrying what cannot succeed;
 - completions of tasks that end within ``RIDE_S`` of their fetch ride on the next long poll
-  (one request per task instead of two); any other goes out at once, as before.
+  (one request per task instead of two); any other goes out at once, as before;
+- a workflow held back because other clients' calls fill its model servers is asked for again
+  soon after the server's next /health check (``BUSY_RECHECK_S`` after the first, growing while
+  it stays full): the long poll for the other workflows ends by then.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ log = logging.getLogger("consumer")
 # their completions go with it. A short task (echo, a cache hit) ends well within it; a long one
 # only delays the next poll by it, and so the pickup of a task arriving in that moment.
 RIDE_S = 0.002
+# The shortest long poll while a workflow waits on others' calls to end (see BUSY_RECHECK_S).
+MIN_POLL_S = 0.05
 
 
 class Capacity:
@@ -59,10 +64,14 @@ class Capacity:
         # Set by ``plan``: a workflow was left out only because our own tasks fill its model
         # servers, so the end of one of our leases is when to ask for it again.
         self.held_by_ours = False
+        # Set by ``plan``: seconds until a model server that other clients' calls fill, and that
+        # holds back a workflow, is asked again (None: no workflow waits on such a server).
+        self.recheck_in: float | None = None
 
     def plan(self, running: Mapping[str, Running]) -> tuple[list[str], int]:
         """Which workflows to ask for, and how many tasks at most, with ``running`` in flight."""
         self.held_by_ours = False
+        self.recheck_in = None
         free = self.concurrency - len(running)
         if free <= 0:
             return [], 0
@@ -83,8 +92,13 @@ class Capacity:
                 for k in r.model_servers:
                     # One fetch may return any mix of the named workflows, so the tightest kind caps it.
                     limit = min(limit, room[k])
-            elif any(k in full_of_ours for k in r.model_servers):
-                self.held_by_ours = True
+            else:
+                if any(k in full_of_ours for k in r.model_servers):
+                    self.held_by_ours = True
+                for k in r.model_servers:
+                    recheck = self.pools[k].busy_recheck_in() if room[k] == 0 else None
+                    if recheck is not None:
+                        self.recheck_in = recheck if self.recheck_in is None else min(self.recheck_in, recheck)
         return names, limit
 
     def pause(self, error: ModelServerUnavailable) -> float:
@@ -100,11 +114,13 @@ class Capacity:
         self._paused.pop(kind, None)
 
     async def refresh_loop(self, every_s: float) -> None:
-        """Re-read every model server's health, then let the fetch loop plan again; until cancelled."""
+        """Re-read every model server's health, then let the fetch loop plan again; until cancelled.
+        Sooner than ``every_s`` when a server full of others' calls is due to be asked again."""
         while True:
             await asyncio.gather(*(p.refresh() for p in self.pools.values()), return_exceptions=True)
             self.changed.set()
-            await asyncio.sleep(every_s)
+            busy = [t for p in self.pools.values() if (t := p.busy_recheck_in()) is not None]
+            await asyncio.sleep(max(MIN_POLL_S, min([every_s, *busy])) if busy else every_s)
 
 
 class FetchLoop:
@@ -158,6 +174,9 @@ class FetchLoop:
                     # Some workflows are held back (server down or full): poll briefly, so that
                     # they are asked for again soon after their capacity returns.
                     wait_s = min(wait_s, 1.0)
+                if capacity.recheck_in is not None:
+                    # Others' calls fill a server: ask again for what it holds back after its next check.
+                    wait_s = min(wait_s, max(MIN_POLL_S, capacity.recheck_in + MIN_POLL_S))
                 # Held back by our own tasks: the API ends the poll when one of them ends, so
                 # that the slot it frees is asked for at once (not after up to a second).
                 wake = capacity.held_by_ours

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0  # a server that cannot accept a connection in 5 s is down for our purposes
 HEALTH_TIMEOUT_S = 3.0
+# A server found full of other clients' calls (other consumers, direct callers) is asked again
+# this soon, then twice as late each time it is still full, up to the health TTL: its calls may
+# end at any moment, and until we look again its free room goes unused by this consumer.
+BUSY_RECHECK_S = 0.1
 CALL_ATTEMPTS = 3
 # Statuses that mean "not now" rather than "not this input": the call is retried, then released.
 OUTAGE_STATUSES = frozenset({502, 503, 504, 429})
@@ -95,6 +99,7 @@ class Endpoint:
         self.breaker = breaker
         self.health = HealthSnapshot()
         self.in_flight = 0  # our calls on it right now
+        self.full_of_others = 0  # consecutive /health answers that found it full of others' calls
         self.client = httpx.AsyncClient(
             base_url=self.url,
             # Few, quick resends: tenacity's tries above this layer may move to another server.
@@ -111,6 +116,12 @@ class Endpoint:
 
     def load(self) -> float:
         return (self.in_flight + self.health.others_in_flight) / max(1, self.health.capacity)
+
+    def check_due_at(self, ttl_s: float) -> float:
+        """When its last /health answer goes stale: after the TTL, sooner while others' calls fill it."""
+        if self.full_of_others:
+            return self.health.checked_at + min(ttl_s, BUSY_RECHECK_S * 2 ** (self.full_of_others - 1))
+        return self.health.checked_at + ttl_s
 
 
 class ModelServerPool:
@@ -160,7 +171,7 @@ class ModelServerPool:
         now = time.monotonic()
         due = [
             ep for ep in self.endpoints
-            if (force or now - ep.health.checked_at >= self.health_ttl_s) and ep.breaker.probe_due
+            if (force or now >= ep.check_due_at(self.health_ttl_s)) and ep.breaker.probe_due
         ]
         await asyncio.gather(*(self._check(ep) for ep in due))
 
@@ -173,12 +184,14 @@ class ModelServerPool:
             body = response.json() if response.status_code == 200 else {}
         except (httpx.HTTPError, ValueError) as exc:
             ep.health = HealthSnapshot(False, "unreachable", str(exc) or type(exc).__name__, checked_at=time.monotonic())
+            ep.full_of_others = 0
             ep.breaker.record_failure()
             self.observe_circuit(ep)
             return
         status = body.get("status", f"http_{response.status_code}") if isinstance(body, dict) else "invalid"
         if response.status_code != 200 or not isinstance(body, dict):
             ep.health = HealthSnapshot(False, status, f"/health answered {response.status_code}", checked_at=time.monotonic())
+            ep.full_of_others = 0
             if response.status_code >= 500:
                 ep.breaker.record_failure()
             self.observe_circuit(ep)
@@ -194,6 +207,8 @@ class ModelServerPool:
             others_in_flight=max(0, reported - max(in_flight_before, ep.in_flight)),
             checked_at=time.monotonic(),
         )
+        full = ep.health.healthy and ep.health.others_in_flight >= ep.health.capacity
+        ep.full_of_others = ep.full_of_others + 1 if full else 0
         # A /health answer is the half-open probe: it closes the circuit (a "loading" server still
         # gets no calls until it reports healthy). It does not wipe the failure count of a closed
         # circuit, though: a server can say "healthy" and answer every call 503.
@@ -214,6 +229,12 @@ class ModelServerPool:
         if self.metrics is not None:
             self.metrics.model_capacity.labels(self.kind).set(free)
         return free
+
+    def busy_recheck_in(self) -> float | None:
+        """Seconds until a server found full of others' calls is to be asked again; None if none is."""
+        # An open circuit is probed on the breaker's schedule instead, however full it was.
+        due = [ep.check_due_at(self.health_ttl_s) for ep in self.endpoints if ep.full_of_others and ep.breaker.closed]
+        return max(0.0, min(due) - time.monotonic()) if due else None
 
     def describe(self) -> list[dict[str, Any]]:
         return [

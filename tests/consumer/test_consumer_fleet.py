@@ -364,3 +364,21 @@ async def test_a_running_consumer_reports_itself_and_its_model_servers(stack, fa
     assert consumer["consumer_id"] == "consumer0" and consumer["workflows"] == ["fake_model"]
     assert consumer["concurrency"] == 3 and consumer["in_flight"] == 0
     assert [(s["url"], s["workflow"], s["capacity"]) for s in consumer["model_servers"]] == [(server.url, "fake", 2)]
+
+
+async def test_a_server_full_of_others_calls_gets_our_task_soon_after_they_end(stack, fake_servers):
+    """Health TTL 60 s: only the quick re-checks of a server that others' calls fill can see it
+    free again before the test's 20 s are up; with the TTL alone the task would wait 30 s."""
+    server = fake_servers(capacity=1)
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as other:
+        # A direct caller fills the server while the consumer starts and first asks its /health.
+        call = asyncio.ensure_future(other.post("/process", json={"sleep_s": 5}))
+        while server.stats()["active"] == 0:
+            await asyncio.sleep(0.01)
+        stack.consumer(**fake_env(server, TASKFLEET_WORKFLOWS="fake_model,echo", TASKFLEET_HEALTH_TTL_S=60))
+        async with ProducerClient(stack.url) as client:
+            task_id = (await client.submit("fake_model", {}))["task_id"]
+            assert (await call).status_code == 200
+            task = await wait_status(client, task_id, {"COMPLETED", "FAILED"}, timeout=20)
+    assert task["status"] == "COMPLETED", stack.logs()
+    assert server.stats()["max_concurrent"] == 1  # it waited for the other call; it never queued behind it

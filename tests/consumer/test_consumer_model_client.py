@@ -286,3 +286,34 @@ async def test_compute_seconds_add_up_over_calls_retries_and_error_answers():
         assert usage.seconds == 0.875
     finally:
         await pool.aclose()
+
+
+async def test_a_server_full_of_others_calls_is_asked_again_soon_not_after_the_ttl(fake_servers, pools):
+    from consumer.model_client import BUSY_RECHECK_S
+
+    server = fake_servers(capacity=1)
+    pool = pools(server, health_ttl_s=60.0)  # the TTL alone would not look again within the test
+    await pool.refresh()
+    assert pool.free_slots(our_tasks=0) == 1 and pool.busy_recheck_in() is None
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False) as other:
+        # Another client's call fills the server (a direct caller, another consumer).
+        call = asyncio.ensure_future(other.post("/process", json={"sleep_s": 1.0}))
+        while server.stats()["active"] == 0:
+            await asyncio.sleep(0.01)
+        await pool.refresh(force=True)
+        assert pool.free_slots(our_tasks=0) == 0
+        delays = []
+        for _ in range(3):  # still full: each re-check comes twice as late as the one before
+            delays.append(pool.busy_recheck_in())
+            await asyncio.sleep(delays[-1])
+            checked = pool.endpoints[0].health.checked_at
+            await pool.refresh()
+            assert pool.endpoints[0].health.checked_at > checked  # it was due, though the TTL was not
+            if server.stats()["active"] == 0:
+                break
+        assert delays[0] <= BUSY_RECHECK_S and all(b > a for a, b in zip(delays, delays[1:]))
+        assert (await call).status_code == 200
+    await asyncio.sleep(pool.busy_recheck_in() or 0)
+    await pool.refresh()
+    assert pool.free_slots(our_tasks=0) == 1  # its room is seen again soon after the call ended
+    assert pool.busy_recheck_in() is None  # and the TTL rules again

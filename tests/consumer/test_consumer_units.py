@@ -110,6 +110,10 @@ async def test_fetch_plan_follows_slots_capacity_and_pauses():
     c.capacity.resume("fake")
     assert c.capacity.plan(running) == (["echo"], 4)
     assert not c.capacity.held_by_ours  # not ours: a lease of ours ending frees nothing there
+    assert c.capacity.recheck_in is None  # nobody has seen it full of others at a /health check
+    ep.full_of_others = 1  # a /health check found it so
+    c.capacity.plan(running)
+    assert c.capacity.recheck_in is not None and c.capacity.recheck_in <= 0.1  # the poll ends by its re-check
     await c.aclose()
 
 
