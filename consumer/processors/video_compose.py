@@ -26,6 +26,7 @@ LOGO_WIDTH = 0.15  # of the frame's width
 LOGO_MARGIN = 0.03  # of the frame's shorter side
 FETCH_CONCURRENCY = 8  # downloads of one compose at a time
 CHECK_GROUP = 32  # files one ffmpeg run checks at most: bounds what one process opens at once
+CHECK_RUNS = 4  # check runs side by side at most (the consumer's other tasks need cores too)
 X264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"]
 
 
@@ -159,7 +160,8 @@ async def decodes(ffmpeg: str, files: list[tuple[Path, str]]) -> bool:
     try:
         return await proc.wait() == 0
     except asyncio.CancelledError:
-        proc.kill()
+        if proc.returncode is None:
+            proc.kill()
         await proc.wait()
         raise
 
@@ -167,9 +169,10 @@ async def decodes(ffmpeg: str, files: list[tuple[Path, str]]) -> bool:
 async def check_media(ffmpeg: str, media: Media) -> None:
     """Fail fast, without a retry, on a file that is not what it should be.
 
-    The files are checked in a few ffmpeg runs side by side (one per core, at most
-    ``CHECK_GROUP`` files each); a run stops at its first bad file without naming it, so only
-    the files of a failed run are then checked one by one, in order, to name it."""
+    The files are checked in a few ffmpeg runs side by side (one per core this process may use,
+    ``CHECK_RUNS`` at most, and at most ``CHECK_GROUP`` files each); a run stops at its first
+    bad file without naming it, so only the files of a failed run are then checked one by one,
+    in order, to name it."""
     checks: list[tuple[Path, str, str, str]] = [(media.speech, "audio", "invalid_speech", "the speech")]
     seen: set[Path] = set()
     for path, stock in zip(media.segments, media.stock):
@@ -180,7 +183,7 @@ async def check_media(ffmpeg: str, media: Media) -> None:
         checks.append((media.logo, "video", "invalid_logo", "logo_url"))
     if media.music:
         checks.append((media.music, "audio", "invalid_music", "music_url"))
-    cores = os.cpu_count() or 1
+    cores = max(1, min(CHECK_RUNS, len(os.sched_getaffinity(0))))
     size = min(CHECK_GROUP, -(-len(checks) // cores))
     groups = [checks[i : i + size] for i in range(0, len(checks), size)]
     running = asyncio.Semaphore(cores)
