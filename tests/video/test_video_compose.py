@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 
 from consumer.context import TaskContext
@@ -255,3 +256,21 @@ async def test_inputs_are_fetched_side_by_side_and_one_failure_stops_the_rest(tm
         await fetch_media(context(fetcher, "failing"), inp, segments)
     assert err.value.code == "input_unavailable"
     assert fetcher.now == 0  # nothing still downloading once the error is raised
+
+
+async def test_ken_burns_moves_a_still_and_motion_none_holds_it(tmp_path, media):
+    from video_media import ffmpeg
+
+    pattern = tmp_path / "pattern.png"  # detail everywhere, so a zoom shows in every part of the frame
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=s={W}x{H}", "-frames:v", "1", str(pattern))
+    data = compose_input(media)
+    data["images"] = [image_output(pattern), image_output(pattern)]
+
+    def change(video: Path, a: float, b: float) -> float:
+        return float(np.abs(frame_at(video, a, W, H).astype(int) - frame_at(video, b, W, H).astype(int)).mean())
+
+    _, moving = await compose(tmp_path / "kenburns", {**data, "settings": {**data["settings"], "motion": "kenburns"}})
+    _, held = await compose(tmp_path / "none", {**data, "settings": {**data["settings"], "motion": "none"}})
+    # Segment 0 (0-1 s) zooms in and segment 2 (2.2-3.2 s) zooms out: their first and last frames differ.
+    assert change(moving, 0.0, 0.9) > 4 * max(1.0, change(held, 0.0, 0.9))
+    assert change(moving, 2.2, 3.0) > 4 * max(1.0, change(held, 2.2, 3.0))
