@@ -78,12 +78,15 @@ class Capacity:
         now = time.monotonic()
         room: dict[str, int] = {}
         full_of_ours: set[str] = set()
+        recheck: dict[str, float] = {}  # full kinds whose servers others' calls fill: their next check
         for kind, pool in self.pools.items():
             paused_until = self._paused.get(kind, (0.0, 0.0))[0]
             ours = sum(1 for r in running.values() if kind in r.runnable.model_servers)
             room[kind] = 0 if now < paused_until else pool.free_slots(ours)
             if room[kind] == 0 and ours and now >= paused_until:
                 full_of_ours.add(kind)
+            if room[kind] == 0 and (due := pool.busy_recheck_in()) is not None:
+                recheck[kind] = due
         names: list[str] = []
         limit = free
         for name, r in self.runnables.items():
@@ -95,10 +98,9 @@ class Capacity:
             else:
                 if any(k in full_of_ours for k in r.model_servers):
                     self.held_by_ours = True
-                for k in r.model_servers:
-                    recheck = self.pools[k].busy_recheck_in() if room[k] == 0 else None
-                    if recheck is not None:
-                        self.recheck_in = recheck if self.recheck_in is None else min(self.recheck_in, recheck)
+                dues = [recheck[k] for k in r.model_servers if k in recheck]
+                if dues:
+                    self.recheck_in = min(dues if self.recheck_in is None else [self.recheck_in, *dues])
         return names, limit
 
     def pause(self, error: ModelServerUnavailable) -> float:
