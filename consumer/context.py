@@ -12,7 +12,7 @@ import logging
 import mimetypes
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from consumer.errors import NoModelServer, TaskCancelled
 
@@ -94,12 +94,17 @@ class TaskContext:
 
     async def put_output(self, path: Path | str, name: str, content_type: str | None = None) -> "StoredObject":
         """Upload a file as output ``name``; a retried attempt overwrites the same key."""
-        ctype = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return await self.storage.put_file(self.output_key(name), Path(path), content_type=ctype)
+        return await self.storage.put_file(self.output_key(name), Path(path), content_type=_content_type(name, content_type))
+
+    async def put_outputs(self, files: "Sequence[tuple[Path | str, str, str | None]]") -> "list[StoredObject]":
+        """Upload several files as outputs, each (path, name, content type or None), in one go:
+        remote storage sends them side by side, local storage syncs them to disk together."""
+        return await self.storage.put_files(
+            [(self.output_key(name), Path(path), _content_type(name, content_type)) for path, name, content_type in files]
+        )
 
     async def put_output_bytes(self, data: bytes, name: str, content_type: str | None = None) -> "StoredObject":
-        ctype = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return await self.storage.put_bytes(self.output_key(name), data, content_type=ctype)
+        return await self.storage.put_bytes(self.output_key(name), data, content_type=_content_type(name, content_type))
 
     @property
     def model_server(self) -> "ModelServerPool":
@@ -122,6 +127,10 @@ class TaskContext:
             raise ValueError(f"input name {name!r} escapes the work directory")
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _content_type(name: str, given: str | None) -> str:
+    return given or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def _get_workdir(self: TaskContext) -> Path:

@@ -15,7 +15,7 @@ import mmap
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -153,6 +153,21 @@ class Storage(ABC):
         path = Path(path)
         size = (await self._io(path.stat)).st_size
         return await self._put(key, self._file_parts(path, self._part_size_for(size)), size, content_type)
+
+    async def put_files(
+        self, items: Sequence[tuple[str, str | os.PathLike[str], str | None]]
+    ) -> list[StoredObject]:
+        """Store several files, each item (key, path, content type or None), and return them in
+        order. Here they upload side by side, and the first failure stops the rest; a backend may
+        do better (local storage writes them all, then syncs them together)."""
+        uploads: list[asyncio.Task[StoredObject]] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                for key, path, content_type in items:
+                    uploads.append(group.create_task(self.put_file(key, path, content_type)))
+        except BaseExceptionGroup as group_error:
+            raise first_error(group_error) from None
+        return [upload.result() for upload in uploads]
 
     async def put_stream(
         self,
@@ -400,6 +415,16 @@ async def _aclose(it: AsyncIterator[bytes]) -> None:
     aclose = getattr(it, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to surface from a failed TaskGroup: the first that is not a cancellation."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
 
 
 async def write_atomically(

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from storage.base import MiB, ObjectInfo, Storage, rewound
+from storage.base import MiB, ObjectInfo, Storage, first_error, rewound
 from storage.errors import (
     ACCESS_DENIED,
     NOT_FOUND,
@@ -245,7 +245,7 @@ class S3Storage(Storage):
                     group.create_task(send(number, data))
                     del data
         except BaseExceptionGroup as group_error:
-            raise _first_error(group_error) from None
+            raise first_error(group_error) from None
         return etags, total
 
     async def _complete(self, key: str, upload_id: str, etags: dict[int, str], total: int) -> None:
@@ -301,13 +301,3 @@ async def _prepend(held: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterat
         yield held.pop(0)
     async for item in rest:
         yield item
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The error to surface from a failed TaskGroup: the first that is not a cancellation."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group.exceptions[0]

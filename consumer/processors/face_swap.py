@@ -95,9 +95,8 @@ async def process(ctx: TaskContext) -> dict[str, Any]:
     _check_files(result.outputs, stream.files)
 
     await ctx.progress(UPLOADING, "storing outputs")
-    stored = {}
-    for out in result.outputs:
-        stored[out.name] = (out, await ctx.put_output(stream.files[out.name], out.name, content_type=out.content_type))
+    objects = await ctx.put_outputs([(stream.files[out.name], out.name, out.content_type) for out in result.outputs])
+    stored = {out.name: (out, obj) for out, obj in zip(result.outputs, objects)}
     main_out, main = next(v for v in stored.values() if v[0].role == "main")
     metadata: dict[str, Any] = {
         **result.metadata,

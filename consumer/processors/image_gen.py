@@ -56,11 +56,13 @@ async def process(ctx: TaskContext) -> dict[str, Any]:
     stored_images = []
     provider = getattr(ctx.storage, "provider", None)
     ext = ctx.input.get("output_format", "png")  # ours, not the server's: it names a file
+    files = []
     for index, (img, data) in enumerate(decoded):
         name = f"image_{index}.{ext}"
         path = ctx.workdir / name
         path.write_bytes(data)
-        stored = await ctx.put_output(path, name, content_type=img["content_type"])
+        files.append((path, name, img["content_type"]))
+    for (img, _), stored in zip(decoded, await ctx.put_outputs(files)):
         stored_images.append(
             {
                 "url": stored.url,

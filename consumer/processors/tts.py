@@ -6,7 +6,6 @@ the audio going straight to the task's work directory, so a long narration never
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from consumer.context import TaskContext
@@ -46,10 +45,8 @@ async def process(ctx: TaskContext) -> dict[str, Any]:
     await ctx.progress(80, "storing audio and subtitles")
     srt_path = ctx.workdir / "speech.srt"
     srt_path.write_text(meta.srt, encoding="utf-8")
-    # Side by side: on local storage each put waits for its own fsync.
-    audio, srt = await asyncio.gather(
-        ctx.put_output(audio_path, audio_path.name, content_type=meta.content_type),
-        ctx.put_output(srt_path, srt_path.name, content_type=SRT_CONTENT_TYPE),
+    audio, srt = await ctx.put_outputs(
+        [(audio_path, audio_path.name, meta.content_type), (srt_path, srt_path.name, SRT_CONTENT_TYPE)]
     )
     await ctx.progress(100, "done")
     return TtsOutput(

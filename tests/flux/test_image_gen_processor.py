@@ -40,6 +40,9 @@ class DirStorage:
             key=key, url=f"http://files.test/{key}", storage_url=dest.as_uri(), size=len(data), content_type=content_type
         )
 
+    async def put_files(self, items):
+        return [await self.put_file(key, path, content_type) for key, path, content_type in items]
+
 
 def make_ctx(tmp_path: Path, url: str, data: dict) -> TaskContext:
     work = tmp_path / "work"

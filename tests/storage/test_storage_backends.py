@@ -122,6 +122,31 @@ async def test_file_round_trip_and_download_to(store: Storage, tmp_path: Path) -
     assert [p.name for p in dest.parent.iterdir()] == ["copy.wav"]  # no temp files left
 
 
+async def test_put_files_stores_each_in_order(store: Storage, tmp_path: Path) -> None:
+    sources = []
+    for i, name in enumerate(("speech.wav", "speech.srt", "image_0.png")):
+        path = tmp_path / name
+        path.write_bytes(bytes([i]) * (1000 + i))
+        sources.append(path)
+    keys = [store.output_key("tts", "t", p.name) for p in sources]
+    objs = await store.put_files([(keys[0], sources[0], None), (keys[1], sources[1], "application/x-subrip"),
+                                  (keys[2], sources[2], None)])
+    assert [(o.key, o.size, o.content_type) for o in objs] == [
+        (keys[0], 1000, "audio/wav"), (keys[1], 1001, "application/x-subrip"), (keys[2], 1002, "image/png"),
+    ]
+    for obj, source in zip(objs, sources):
+        assert await store.get_bytes(obj.key) == source.read_bytes()
+        assert (await fetch(obj.url)).content == source.read_bytes()
+
+
+async def test_put_files_with_a_missing_source_raises_it(store: Storage, tmp_path: Path) -> None:
+    there = tmp_path / "there.bin"
+    there.write_bytes(b"x")
+    with pytest.raises(FileNotFoundError):
+        await store.put_files([(store.output_key("w", "t", "a.bin"), there, None),
+                               (store.output_key("w", "t", "b.bin"), tmp_path / "missing.bin", None)])
+
+
 async def test_overwrite_replaces(store: Storage) -> None:
     key = store.output_key("w", "t", "o.txt")
     await store.put_bytes(key, b"first version")

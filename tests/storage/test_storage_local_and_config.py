@@ -80,6 +80,40 @@ async def test_put_file_copies_atomically(local_store: LocalStorage, tmp_path: P
     assert [p.name for p in local_store.local_path(obj.key).parent.iterdir()] == ["a.gif"]
 
 
+async def test_put_files_renames_none_until_all_are_written(local_store: LocalStorage, tmp_path: Path) -> None:
+    first, second = tmp_path / "a.wav", tmp_path / "b.srt"
+    first.write_bytes(b"RIFF" + bytes(100))
+    second.write_bytes(b"1\n")
+    keys = [local_store.output_key("tts", "t", "a.wav"), local_store.output_key("tts", "t", "sub/b.srt")]
+    folder = local_store.local_path(keys[0]).parent
+    folder.mkdir(parents=True)
+    (folder / "sub").write_bytes(b"a file where the second one's folder should be")
+    with pytest.raises(StorageError):
+        await local_store.put_files([(keys[0], first, None), (keys[1], second, None)])
+    # The first was copied before the second failed, yet it is not in place, and no temp file is left.
+    assert sorted(p.name for p in folder.iterdir()) == ["sub"]
+
+
+async def test_put_files_syncs_after_every_copy(local_store: LocalStorage, tmp_path: Path, monkeypatch) -> None:
+    # The order is the point: one journal commit then carries every file's data (see
+    # storage.local._copy_all_atomically), instead of one commit per file.
+    import shutil
+
+    import storage.local as local_module
+
+    calls = []
+    copy, fsync = shutil.copyfile, os.fsync
+    monkeypatch.setattr(local_module.shutil, "copyfile", lambda s, d: (calls.append("copy"), copy(s, d))[1])
+    monkeypatch.setattr(local_module.os, "fsync", lambda fd: (calls.append("fsync"), fsync(fd))[1])
+    sources = []
+    for name in ("a.wav", "b.srt", "c.png"):
+        (tmp_path / name).write_bytes(name.encode())
+        sources.append(tmp_path / name)
+    objs = await local_store.put_files([(local_store.output_key("w", "t", p.name), p, None) for p in sources])
+    assert calls == ["copy"] * 3 + ["fsync"] * 3
+    assert [local_store.local_path(o.key).read_bytes() for o in objs] == [b"a.wav", b"b.srt", b"c.png"]
+
+
 # ---- open_storage and URLs ----
 
 

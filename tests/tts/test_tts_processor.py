@@ -58,6 +58,9 @@ class DirStorage:
         self.content_types[key] = content_type
         return SimpleNamespace(key=key, url=f"http://api.test/files/{key}", storage_url=dest.as_uri(), content_type=content_type)
 
+    async def put_files(self, items):
+        return [await self.put_file(key, path, content_type) for key, path, content_type in items]
+
     content_types: dict = {}
 
 
