@@ -181,6 +181,7 @@ def create_app(
     # Innermost of ours: the hot routes are still under the body limits and the request log.
     app.add_middleware(
         HotRoutes, routes=app.router.routes, auth=auth, max_wait_s=settings.max_wait_s,
+        max_process_wait_s=settings.max_process_wait_s,
         exception_handlers=app.exception_handlers,
     )
     app.add_middleware(

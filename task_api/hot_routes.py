@@ -1,5 +1,6 @@
 """The three requests every task makes -- create, fetch, complete (with the next fetch) --
-served by their endpoints without FastAPI's request machinery.
+and the sync caller's ``POST /api/{route}/process``, served by their endpoints without FastAPI's
+request machinery.
 
 With tasks arriving one at a time, FastAPI's layers between uvicorn and an endpoint (routing,
 dependency solving, the exception middleware, a Request object per layer) were about a quarter
@@ -8,7 +9,8 @@ path and handed to the same endpoint function the FastAPI route calls, after the
 check; the endpoint's errors get the app's own exception handlers, and anything else goes on
 up to the server-error handler as it would from FastAPI.
 
-What FastAPI would validate first (the fetch's query, the completions' body) is validated here
+What FastAPI would validate first (the fetch's query, the completions' and /process's bodies,
+/process's ``wait_s``) is validated here
 with the same constraints, and a request that does not pass as it stands goes on to FastAPI
 untouched, its body replayed: the answer to a bad request is FastAPI's own. The FastAPI routes
 stay where they are; they answer those requests, and they document all three in OpenAPI.
@@ -16,6 +18,7 @@ stay where they are; they answer those requests, and they document all three in 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl
 
@@ -27,16 +30,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from task_api.auth import Authenticator
 from task_api.body import parse_json
+from task_api.routes_consumer import FETCH_WAIT_S
+from task_api.routes_producer import PROCESS_WAIT_S
 from task_api.schemas import CompleteMany, NextFetch
 from taskfleet.errors import BadRequest, TaskfleetError
 
 CREATE = ("POST", "/api/tasks")
 FETCH = ("GET", "/api/comm/task/fetch")
 COMPLETE_MANY = ("POST", "/api/comm/tasks/complete")
+PROCESS = ("POST", "/api/{route}/process")
+_PROCESS_PREFIX, _PROCESS_SUFFIX = "/api/", "/process"
 
 # The fetch's query parameters, and which of them may repeat.
 _FETCH_PARAMS = {"workflow", "consumer_id", "host", "limit", "wait_s", "wake_on_finish"}
 _JSON_TYPES = {"application/json", "application/json; charset=utf-8"}
+# A /process wait_s read here; any other spelling (an exponent, "inf", spaces) is FastAPI's to read.
+_PLAIN_NUMBER = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -54,10 +63,11 @@ class HotRoutes:
 
     def __init__(
         self, app: ASGIApp, *, routes: list[Any], auth: Authenticator, max_wait_s: float,
-        exception_handlers: dict[Any, Callable],
+        max_process_wait_s: float, exception_handlers: dict[Any, Callable],
     ) -> None:
         self.app = app
         self.max_wait_s = max_wait_s
+        self.max_process_wait_s = max_process_wait_s
         self.exception_handlers = exception_handlers  # the app's own dict, filled as handlers are added
         endpoints = {
             (method, route.path): route.endpoint
@@ -66,6 +76,7 @@ class HotRoutes:
         self._create = endpoints[CREATE]
         self._fetch = endpoints[FETCH]
         self._complete_many = endpoints[COMPLETE_MANY]
+        self._process = endpoints[PROCESS]
         self._producer = auth.require("producer")
         self._consumer = auth.require("consumer")
         self._handlers: dict[tuple[str, str], Handler] = {
@@ -74,6 +85,8 @@ class HotRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self._handlers.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
+        if handler is None and scope["type"] == "http" and _is_process(scope["method"], scope["path"]):
+            handler = self.process
         if handler is None or scope.get("root_path"):
             await self.app(scope, receive, send)
             return
@@ -115,7 +128,7 @@ class HotRoutes:
                 raise _NotHere  # an unknown or repeated parameter: as FastAPI reads it
             else:
                 query[name] = value
-        query.setdefault("wait_s", min(20.0, self.max_wait_s))
+        query.setdefault("wait_s", min(FETCH_WAIT_S, self.max_wait_s))
         try:
             params = NextFetch.model_validate(query)
         except ValidationError:
@@ -129,17 +142,49 @@ class HotRoutes:
 
     async def complete_many(self, request: Request) -> Response:
         await self._consumer(request)
-        if request.headers.get("content-type", "application/json").lower() not in _JSON_TYPES:
-            raise _NotHere
-        try:
-            raw = await request.body()
-        except ClientDisconnect:  # as task_api.body answers it
-            raise BadRequest("the client went away while sending its body") from None
+        raw = await self._json_body(request)
         try:
             body = CompleteMany.model_validate(parse_json(raw))
         except (TaskfleetError, ValidationError):
             raise _NotHere(raw) from None
         return await self._complete_many(request, body)
+
+    async def process(self, request: Request) -> Response:
+        await self._producer(request)
+        wait_s = min(PROCESS_WAIT_S, self.max_process_wait_s)
+        params = parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        if params:
+            if len(params) > 1 or params[0][0] != "wait_s" or not _PLAIN_NUMBER.fullmatch(params[0][1]):
+                raise _NotHere
+            wait_s = float(params[0][1])
+            if wait_s > self.max_process_wait_s:
+                raise _NotHere
+        raw = await self._json_body(request)
+        try:
+            fields = parse_json(raw)
+        except TaskfleetError:
+            raise _NotHere(raw) from None
+        if type(fields) is not dict:
+            raise _NotHere(raw)
+        route = request.scope["path"][len(_PROCESS_PREFIX):-len(_PROCESS_SUFFIX)]
+        return await self._process(request, route=route, fields=fields, wait_s=wait_s)
+
+    @staticmethod
+    async def _json_body(request: Request) -> bytes:
+        if request.headers.get("content-type", "application/json").lower() not in _JSON_TYPES:
+            raise _NotHere
+        try:
+            return await request.body()
+        except ClientDisconnect:  # as task_api.body answers it
+            raise BadRequest("the client went away while sending its body") from None
+
+
+def _is_process(method: str, path: str) -> bool:
+    """``POST /api/{route}/process``, ``route`` one non-empty path segment (as FastAPI matches it)."""
+    return (
+        method == "POST" and path.startswith(_PROCESS_PREFIX) and path.endswith(_PROCESS_SUFFIX)
+        and len(path) > len(_PROCESS_PREFIX) + len(_PROCESS_SUFFIX) and path.count("/") == 3
+    )
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

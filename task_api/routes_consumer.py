@@ -36,6 +36,10 @@ from task_api.services import Services
 from taskfleet.errors import InvalidInput, TaskfleetError
 
 
+# How long a fetch long-polls by default (TASKFLEET_MAX_WAIT_S caps it).
+FETCH_WAIT_S = 20.0
+
+
 def status_body(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "task_id": row["id"],
@@ -108,7 +112,7 @@ def consumer_router(svc: Services) -> APIRouter:
         consumer_id: Annotated[Text, Query(min_length=1, max_length=200)] = "anonymous",
         host: Optional[Text] = Query(None, max_length=255),
         limit: int = Query(1, ge=1, le=100),
-        wait_s: float = Query(min(20.0, svc.settings.max_wait_s), ge=0, le=svc.settings.max_wait_s),
+        wait_s: float = Query(min(FETCH_WAIT_S, svc.settings.max_wait_s), ge=0, le=svc.settings.max_wait_s),
         wake_on_finish: bool = Query(
             False, description="answer 204 early when one of this consumer's leases ends (in this API process)"
         ),

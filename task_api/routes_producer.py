@@ -55,6 +55,10 @@ CREATE_TASK_OPENAPI = {
 ALIAS_OPTIONS = tuple(name for name in CreateTask.model_fields if name not in ("workflow", "input"))
 
 
+# How long a /process call waits for its task by default (TASKFLEET_MAX_PROCESS_WAIT_S caps it).
+PROCESS_WAIT_S = 120.0
+
+
 def header_idempotency_key(request: Request) -> str | None:
     """The ``Idempotency-Key`` header, held to the rules of the body's ``idempotency_key``."""
     key = request.headers.get("idempotency-key")
@@ -263,7 +267,9 @@ def producer_router(svc: Services) -> APIRouter:
         request: Request,
         route: str,
         fields: dict[str, Any] = Body(...),
-        wait_s: float = Query(min(120.0, svc.settings.max_process_wait_s), ge=0, le=svc.settings.max_process_wait_s),
+        wait_s: float = Query(
+            min(PROCESS_WAIT_S, svc.settings.max_process_wait_s), ge=0, le=svc.settings.max_process_wait_s
+        ),
     ) -> JSONResponse:
         workflow = svc.workflows.by_alias(route)
         row, _ = await submit(

@@ -131,3 +131,49 @@ async def test_a_completions_body_that_does_not_pass_gets_fastapis_answer(http, 
     r = await http.post("/api/comm/tasks/complete", json={"items": [item]}, headers=as_consumer())
     assert r.json()["results"] == [{"task_id": created.json()["task_id"], "status": "COMPLETED"}]
     assert len(routed) == len(refused)
+
+
+async def test_a_process_call_goes_through_without_reaching_fastapis_router(http, routed):
+    import asyncio
+
+    waiting = asyncio.ensure_future(http.post("/api/echo/process", params={"wait_s": "2"}, json={"data": 7},
+                                              headers=as_producer()))
+    task = None
+    while task is None:  # the consumer's fetch, until the /process call's task is there
+        r = await http.get("/api/comm/task/fetch", params={"wait_s": 0.2, "consumer_id": "c1"}, headers=as_consumer())
+        task = r.json()["tasks"][0] if r.status_code == 200 else None
+    assert task["input"]["data"] == 7
+    await http.post("/api/comm/tasks/complete", headers=as_consumer(), json={
+        "items": [{"task_id": task["task_id"], "lease_id": task["lease"]["id"], "output": {"data": 7}}]})
+    r = await waiting
+    assert (r.status_code, r.json()) == (200, {"data": 7})
+    # wait_s=0 answers at once; an unknown route is the app's own 404.
+    r = await http.post("/api/echo/process?wait_s=0", json={"data": 8}, headers=as_producer())
+    assert (r.status_code, r.json()["status"]) == (202, "PENDING")
+    r = await http.post("/api/nowhere/process", json={}, headers=as_producer())
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+    assert routed == []
+
+
+async def test_a_process_call_that_does_not_pass_gets_fastapis_answer(http, routed):
+    refused = [
+        ({"params": {"wait_s": "-1"}, "json": {}}, 422, "validation_error", ["query", "wait_s"]),
+        ({"params": {"wait_s": "601"}, "json": {}}, 422, "validation_error", ["query", "wait_s"]),  # over the cap
+        ({"params": {"wait_s": "soon"}, "json": {}}, 422, "validation_error", ["query", "wait_s"]),
+        ({"json": [1, 2]}, 422, "validation_error", ["body"]),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "invalid_json", None),
+        ({"content": b'{"data": 1e400}'}, 422, "non_finite_number", None),
+    ]
+    for kwargs, status, code, loc in refused:
+        r = await http.post("/api/echo/process", **{**kwargs, "headers": {**as_producer(), **kwargs.get("headers", {})}})
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), kwargs
+        if loc is not None:
+            assert r.json()["error"]["details"][0]["loc"] == loc, kwargs
+    assert routed == ["/api/echo/process"] * len(refused)
+    # Only one segment between /api/ and /process is a route: this path is FastAPI's 404.
+    r = await http.post("/api/echo/more/process", json={}, headers=as_producer())
+    assert r.status_code == 404
+    assert routed[-1] == "/api/echo/more/process"
+    # Nothing was created by the refusals.
+    r = await http.get("/api/tasks", headers=as_producer())
+    assert r.json()["items"] == []
