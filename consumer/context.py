@@ -96,11 +96,15 @@ class TaskContext:
         """Upload a file as output ``name``; a retried attempt overwrites the same key."""
         return await self.storage.put_file(self.output_key(name), Path(path), content_type=_content_type(name, content_type))
 
-    async def put_outputs(self, files: "Sequence[tuple[Path | str, str, str | None]]") -> "list[StoredObject]":
-        """Upload several files as outputs, each (path, name, content type or None), in one go:
-        remote storage sends them side by side, local storage syncs them to disk together."""
+    async def put_outputs(self, files: "Sequence[tuple[Path | str | bytes, str, str | None]]") -> "list[StoredObject]":
+        """Upload several outputs in one go, each (a file's path or the bytes themselves, name,
+        content type or None): remote storage sends them side by side, local storage syncs them
+        to disk together. Bytes go straight to storage, with no file in the work directory."""
         return await self.storage.put_files(
-            [(self.output_key(name), Path(path), _content_type(name, content_type)) for path, name, content_type in files]
+            [
+                (self.output_key(name), source if isinstance(source, bytes) else Path(source), _content_type(name, content_type))
+                for source, name, content_type in files
+            ]
         )
 
     async def put_output_bytes(self, data: bytes, name: str, content_type: str | None = None) -> "StoredObject":

@@ -27,6 +27,8 @@ from storage.keys import check_key, guess_content_type, join_key
 from storage.retry import RetryPolicy
 
 T = TypeVar("T")
+# One object for ``Storage.put_files``: (key, a file's path or the bytes themselves, content type or None).
+PutItem = tuple[str, str | os.PathLike[str] | bytes, str | None]
 
 MiB = 1 << 20
 DEFAULT_PART_SIZE = 8 * MiB
@@ -154,17 +156,21 @@ class Storage(ABC):
         size = (await self._io(path.stat)).st_size
         return await self._put(key, self._file_parts(path, self._part_size_for(size)), size, content_type)
 
-    async def put_files(
-        self, items: Sequence[tuple[str, str | os.PathLike[str], str | None]]
-    ) -> list[StoredObject]:
-        """Store several files, each item (key, path, content type or None), and return them in
-        order. Here they upload side by side, and the first failure stops the rest; a backend may
-        do better (local storage writes them all, then syncs them together)."""
+    async def put_files(self, items: Sequence[PutItem]) -> list[StoredObject]:
+        """Store several objects, each item (key, source, content type or None), and return them
+        in order; a source is a file's path, or ``bytes`` to store as they are. Here they upload
+        side by side, and the first failure stops the rest; a backend may do better (local storage
+        writes them all, then syncs them together)."""
         uploads: list[asyncio.Task[StoredObject]] = []
         try:
             async with asyncio.TaskGroup() as group:
-                for key, path, content_type in items:
-                    uploads.append(group.create_task(self.put_file(key, path, content_type)))
+                for key, source, content_type in items:
+                    put = (
+                        self.put_bytes(key, source, content_type)
+                        if isinstance(source, bytes)
+                        else self.put_file(key, source, content_type)
+                    )
+                    uploads.append(group.create_task(put))
         except BaseExceptionGroup as group_error:
             raise first_error(group_error) from None
         return [upload.result() for upload in uploads]

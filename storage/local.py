@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from storage.base import ObjectInfo, Storage, StoredObject, write_atomically
+from storage.base import ObjectInfo, PutItem, Storage, StoredObject, write_atomically
 from storage.errors import (
     ACCESS_DENIED,
     INVALID_KEY,
@@ -119,20 +119,38 @@ class LocalStorage(Storage):
     ) -> StoredObject:
         return (await self.put_files([(key, path, content_type)]))[0]
 
-    async def put_files(
-        self, items: Sequence[tuple[str, str | os.PathLike[str], str | None]]
-    ) -> list[StoredObject]:
-        pairs = [(Path(path), self.local_path(key)) for key, path, _ in items]
+    async def put_files(self, items: Sequence[PutItem]) -> list[StoredObject]:
+        targets = self._write_targets([key for key, _, _ in items])
+        pairs = [(source if isinstance(source, bytes) else Path(source), target) for (_, source, _), target in zip(items, targets)]
         sizes = await self._io(self._put_files_sync, pairs)
         return [
             await self._stored(key, size, content_type or guess_content_type(key))
             for (key, _, content_type), size in zip(items, sizes)
         ]
 
-    def _put_files_sync(self, pairs: list[tuple[Path, Path]]) -> list[int]:
+    def _write_targets(self, keys: list[str]) -> list[Path]:
+        """The files to write ``keys`` to. A write renames a temp file over the last name, which
+        replaces a symlink there rather than following it, so only the directory above must lie
+        inside the root; the outputs of one task share it, and it is resolved once (a resolve
+        costs a syscall per path component, on the event loop)."""
+        targets: list[Path] = []
+        checked: set[Path] = set()
+        for key in keys:
+            check_key(key)
+            target = self.root / key
+            if target.parent not in checked:
+                real = target.parent.resolve()
+                if real != self._real_root and self._real_root not in real.parents:
+                    raise StorageError(f"{key!r} leads outside the storage root", code=INVALID_KEY, key=key)
+                checked.add(target.parent)
+            targets.append(target)
+        return targets
+
+    def _put_files_sync(self, pairs: list[tuple[Path | bytes, Path]]) -> list[int]:
         # One trip to the pool for the whole put (each trip costs a few tenths of a ms).
-        for path, _ in pairs:
-            os.stat(path)  # a missing source is the caller's FileNotFoundError, as on every backend
+        for source, _ in pairs:
+            if not isinstance(source, bytes):
+                os.stat(source)  # a missing source is the caller's FileNotFoundError, as on every backend
         return self._translated(_copy_all_atomically, pairs)
 
     async def url_for(self, key: str) -> str:
@@ -158,22 +176,26 @@ def _copy_atomically(src: Path, dst: Path, fsync: bool = True) -> int:
     return _copy_all_atomically([(src, dst)], fsync)[0]
 
 
-def _copy_all_atomically(pairs: list[tuple[Path, Path]], fsync: bool = True) -> list[int]:
-    """Copy each source into a temp file beside its target with the kernel's fast path
-    (shutil.copyfile uses sendfile on Linux), then rename them into place.
+def _copy_all_atomically(pairs: Sequence[tuple[Path | bytes, Path]], fsync: bool = True) -> list[int]:
+    """Write each source (a file, copied with the kernel's fast path: shutil.copyfile uses
+    sendfile on Linux; or bytes) into a temp file beside its target, then rename them into place.
 
-    The fsyncs come after all the copies: on ext4 (data=ordered) the first one's journal commit
+    The fsyncs come after all the writes: on ext4 (data=ordered) the first one's journal commit
     writes the other files' data too, so the rest cost little (measured: 0.25 ms, then 0.05 ms
     for a second file, against 0.25 ms each when each file is synced before the next is
     written). Each rename is atomic; a failure removes the temp files not yet renamed."""
     temps: list[str] = []
     try:
-        for src, dst in pairs:
+        for source, dst in pairs:
             dst.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-            os.close(fd)
             temps.append(tmp_name)
-            shutil.copyfile(src, tmp_name)
+            if isinstance(source, bytes):
+                with open(fd, "wb") as fh:
+                    fh.write(source)
+            else:
+                os.close(fd)
+                shutil.copyfile(source, tmp_name)
         if fsync:
             for tmp_name in temps:
                 sync_fd = os.open(tmp_name, os.O_RDONLY)

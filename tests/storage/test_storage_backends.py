@@ -123,13 +123,14 @@ async def test_file_round_trip_and_download_to(store: Storage, tmp_path: Path) -
 
 
 async def test_put_files_stores_each_in_order(store: Storage, tmp_path: Path) -> None:
+    # The second is given as bytes: a processor stores what it holds in memory (an SRT) beside files.
     sources = []
     for i, name in enumerate(("speech.wav", "speech.srt", "image_0.png")):
         path = tmp_path / name
         path.write_bytes(bytes([i]) * (1000 + i))
         sources.append(path)
     keys = [store.output_key("tts", "t", p.name) for p in sources]
-    objs = await store.put_files([(keys[0], sources[0], None), (keys[1], sources[1], "application/x-subrip"),
+    objs = await store.put_files([(keys[0], sources[0], None), (keys[1], sources[1].read_bytes(), "application/x-subrip"),
                                   (keys[2], sources[2], None)])
     assert [(o.key, o.size, o.content_type) for o in objs] == [
         (keys[0], 1000, "audio/wav"), (keys[1], 1001, "application/x-subrip"), (keys[2], 1002, "image/png"),

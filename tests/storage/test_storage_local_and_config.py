@@ -49,6 +49,27 @@ async def test_local_path_refuses_escapes(local_store: LocalStorage, tmp_path: P
     assert local_store.key_for_url(f"file://{local_store.root}/../outside/secret") is None
 
 
+async def test_put_files_refuses_a_folder_that_leads_outside_and_replaces_a_last_name_link(
+    local_store: LocalStorage, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    os.symlink(outside, local_store.root / "link")
+    with pytest.raises(StorageError) as info:
+        await local_store.put_files([("w/t/ok.bin", b"fine", None), ("link/new.bin", b"escape", None)])
+    assert info.value.code == "invalid_key"
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+    assert not (local_store.root / "w").exists()  # refused before anything was written
+    # Only the folder is resolved: a link as the last name is replaced by the rename, not written through.
+    folder = local_store.root / "w" / "t"
+    folder.mkdir(parents=True)
+    os.symlink(outside / "secret", folder / "out.srt")
+    await local_store.put_files([("w/t/out.srt", b"1\n", None)])
+    assert (outside / "secret").read_text() == "s"
+    assert not (folder / "out.srt").is_symlink() and (folder / "out.srt").read_bytes() == b"1\n"
+
+
 async def test_served_files_support_ranges_and_404s(local_store: LocalStorage) -> None:
     data = bytes(range(256)) * 4096
     obj = await local_store.put_bytes(local_store.output_key("w", "t", "v.mp4"), data)
