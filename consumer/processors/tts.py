@@ -1,11 +1,13 @@
 """The ``tts`` processor: synthesize on a TTS server, store the audio and its SRT, return their URLs.
 
-The server's response is multipart (metadata JSON, then the audio); it is parsed as it streams,
-the audio going straight to the task's work directory, so a long narration never sits in memory.
+The server's response is multipart (metadata JSON, then the audio); it is parsed as it streams.
+A short clip is kept in memory and stored from there; a long narration goes straight to the task's
+work directory, so it never sits in memory.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from consumer.context import TaskContext
@@ -13,6 +15,9 @@ from taskfleet.workflows.tts import TtsInput, TtsOutput
 from taskfleet.workflows.tts_wire import read_tts_response
 
 SRT_CONTENT_TYPE = "application/x-subrip"
+# A clip up to this size (about 90 s of 22 kHz wav) is held in memory and stored from there: no
+# work directory, no file written and then copied. With 32 tasks at once that is 128 MB at most.
+AUDIO_IN_MEMORY_MAX = 4 << 20
 
 
 async def process(ctx: TaskContext) -> dict[str, Any]:
@@ -25,7 +30,11 @@ async def process(ctx: TaskContext) -> dict[str, Any]:
         "format": inp.format,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
-    audio_path = ctx.workdir / f"speech.{inp.format}"
+    name = f"speech.{inp.format}"
+
+    def audio_path() -> Path:
+        return ctx.workdir / name  # made only for a clip too long to hold in memory
+
     await ctx.progress(5, "synthesizing")
     if inp.reference_audio_url:
         # Sent as it is; the server decides whether its engine can clone a voice (piper and
@@ -36,17 +45,24 @@ async def process(ctx: TaskContext) -> dict[str, Any]:
             async with ctx.model_server.stream(
                 "POST", "/tts", data=form, files={"reference_audio": (reference.name, ref)}, timeout=ctx.timeout_s
             ) as response:
-                result = await read_tts_response(response.headers.get("content-type", ""), response.aiter_bytes(), audio_path)
+                result = await read_tts_response(
+                    response.headers.get("content-type", ""), response.aiter_bytes(), audio_path,
+                    memory_limit=AUDIO_IN_MEMORY_MAX,
+                )
     else:
         async with ctx.model_server.stream("POST", "/tts", json=fields, timeout=ctx.timeout_s) as response:
-            result = await read_tts_response(response.headers.get("content-type", ""), response.aiter_bytes(), audio_path)
+            result = await read_tts_response(
+                response.headers.get("content-type", ""), response.aiter_bytes(), audio_path,
+                memory_limit=AUDIO_IN_MEMORY_MAX,
+            )
 
     meta = result.metadata
     await ctx.progress(80, "storing audio and subtitles")
-    srt_path = ctx.workdir / "speech.srt"
-    srt_path.write_text(meta.srt, encoding="utf-8")
     audio, srt = await ctx.put_outputs(
-        [(audio_path, audio_path.name, meta.content_type), (srt_path, srt_path.name, SRT_CONTENT_TYPE)]
+        [
+            (result.audio if result.audio is not None else result.audio_path, name, meta.content_type),
+            (meta.srt.encode("utf-8"), "speech.srt", SRT_CONTENT_TYPE),
+        ]
     )
     await ctx.progress(100, "done")
     return TtsOutput(

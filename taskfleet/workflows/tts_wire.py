@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,14 +75,20 @@ def multipart_body(metadata: TtsMetadata, audio_path: Path) -> MultipartBody:
 @dataclass
 class TtsResult:
     metadata: TtsMetadata
-    audio_path: Path
+    audio_path: Path | None  # where the audio was written; None when it is held in ``audio``
+    audio: bytes | None = None
 
 
 class _Reader:
-    """Feeds python-multipart's streaming parser; the audio part goes to a file as it arrives."""
+    """Feeds python-multipart's streaming parser; the audio part goes to a file as it arrives,
+    or, when the metadata (which comes first) declares it at most ``memory_limit`` bytes, into
+    memory (spilling to the file should it run past that after all)."""
 
-    def __init__(self, boundary: bytes, audio_path: Path) -> None:
-        self.audio_path = audio_path
+    def __init__(self, boundary: bytes, audio_path: Path | Callable[[], Path], memory_limit: int) -> None:
+        self._audio_path = audio_path
+        self.audio_path: Path | None = None
+        self.memory_limit = memory_limit
+        self.audio: bytearray | None = None
         self.metadata = bytearray()
         self.saw_audio = False
         self._headers: dict[bytes, bytes] = {}
@@ -116,11 +122,25 @@ class _Reader:
         self._part = options.get(b"name", b"").decode("latin-1")
         if self._part == "audio":
             self.saw_audio = True
-            self._file = open(self.audio_path, "wb")
+            if 0 <= _declared_size(self.metadata) <= self.memory_limit:
+                self.audio = bytearray()
+            else:
+                self._open_file()
+
+    def _open_file(self) -> None:
+        self.audio_path = self._audio_path() if callable(self._audio_path) else self._audio_path
+        self._file = open(self.audio_path, "wb")
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._part == "audio":
-            self._file.write(data[start:end])
+            if self._file is None:
+                self.audio.extend(data[start:end])
+                if len(self.audio) > self.memory_limit:  # the metadata undercounted: spill to disk
+                    self._open_file()
+                    self._file.write(self.audio)
+                    self.audio = None
+            else:
+                self._file.write(data[start:end])
         elif self._part == "metadata":
             if len(self.metadata) + end - start > MAX_METADATA_BYTES:
                 raise TaskfleetError("TTS metadata part is too large", code="bad_model_response")
@@ -135,12 +155,17 @@ class _Reader:
         self._part_end()
 
 
-async def read_tts_response(content_type: str, chunks: AsyncIterator[bytes], audio_path: Path) -> TtsResult:
-    """Parse a POST /tts body from ``chunks`` (e.g. ``response.aiter_bytes()``), writing the audio to ``audio_path``."""
+async def read_tts_response(
+    content_type: str, chunks: AsyncIterator[bytes], audio_path: Path | Callable[[], Path], *, memory_limit: int = 0
+) -> TtsResult:
+    """Parse a POST /tts body from ``chunks`` (e.g. ``response.aiter_bytes()``), writing the audio
+    to ``audio_path``, or keeping it in memory (``TtsResult.audio``, no file made) when the
+    metadata declares at most ``memory_limit`` bytes. ``audio_path`` may be a callable, called
+    only when a file is needed: a short clip then never makes the task's work directory."""
     mime, options = parse_options_header(content_type)
     if mime != b"multipart/form-data" or b"boundary" not in options:
         raise TaskfleetError(f"TTS server answered {content_type!r}, not multipart", code="bad_model_response", retryable=True)
-    reader = _Reader(options[b"boundary"], audio_path)
+    reader = _Reader(options[b"boundary"], audio_path, memory_limit)
     try:
         async for chunk in chunks:
             reader.parser.write(chunk)
@@ -153,4 +178,14 @@ async def read_tts_response(content_type: str, chunks: AsyncIterator[bytes], aud
         metadata = TtsMetadata.model_validate(json.loads(reader.metadata))
     except ValueError as exc:
         raise TaskfleetError(f"TTS metadata is malformed: {exc}", code="bad_model_response") from None
-    return TtsResult(metadata, audio_path)
+    return TtsResult(metadata, reader.audio_path, None if reader.audio is None else bytes(reader.audio))
+
+
+def _declared_size(metadata: bytes | bytearray) -> int:
+    """The audio's ``size_bytes`` as the metadata part declares it; -1 where it does not say
+    (the metadata is checked in full once the body has been read)."""
+    try:
+        size = json.loads(metadata).get("size_bytes")
+    except (ValueError, AttributeError):
+        return -1
+    return size if isinstance(size, int) and not isinstance(size, bool) else -1

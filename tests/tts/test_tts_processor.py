@@ -49,12 +49,12 @@ class DirStorage:
     def local_path(self, key: str) -> Path:
         return self.root / key
 
-    async def put_file(self, key: str, path: Path, content_type: str | None = None):
+    async def put_file(self, key: str, path: Path | bytes, content_type: str | None = None):
         from types import SimpleNamespace
 
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(Path(path).read_bytes())
+        dest.write_bytes(path if isinstance(path, bytes) else Path(path).read_bytes())
         self.content_types[key] = content_type
         return SimpleNamespace(key=key, url=f"http://api.test/files/{key}", storage_url=dest.as_uri(), content_type=content_type)
 
@@ -111,6 +111,20 @@ async def test_audio_and_srt_are_stored_and_described(server, tmp_path, fmt):
     else:
         assert audio.read_bytes()[:3] == b"ID3"
     assert [c[0] for c in parse_srt(srt)][1:] == [s.start_s for s in out.sentences][1:]
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["short_clip_in_memory", "long_clip_through_a_file"])
+async def test_a_short_clip_needs_no_work_directory(server, tmp_path, monkeypatch, in_memory):
+    import consumer.processors.tts as tts_processor
+    from consumer.context import workdir_made
+
+    if not in_memory:
+        monkeypatch.setattr(tts_processor, "AUDIO_IN_MEMORY_MAX", 1000)  # any real clip is longer
+    ctx = make_ctx(tmp_path, server.url, {"text": TEXT})
+    out = TtsOutput.model_validate(await process(ctx))
+    assert workdir_made(ctx) is not in_memory
+    with wave.open(str(ctx.storage.local_path("tts/tsk_tts/speech.wav"))) as w:
+        assert abs(w.getnframes() / w.getframerate() - out.duration_s) < 0.002
 
 
 async def test_reference_audio_fails_the_task_without_retry(server, tmp_path):
