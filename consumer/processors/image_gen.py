@@ -56,12 +56,8 @@ async def process(ctx: TaskContext) -> dict[str, Any]:
     stored_images = []
     provider = getattr(ctx.storage, "provider", None)
     ext = ctx.input.get("output_format", "png")  # ours, not the server's: it names a file
-    files = []
-    for index, (img, data) in enumerate(decoded):
-        name = f"image_{index}.{ext}"
-        path = ctx.workdir / name
-        path.write_bytes(data)
-        files.append((path, name, img["content_type"]))
+    # Stored from memory: no work directory, no file written and then copied.
+    files = [(data, f"image_{index}.{ext}", img["content_type"]) for index, (img, data) in enumerate(decoded)]
     for (img, _), stored in zip(decoded, await ctx.put_outputs(files)):
         stored_images.append(
             {

@@ -31,10 +31,10 @@ class DirStorage:
     def output_key(self, workflow: str, task_id: str, name: str) -> str:
         return f"out/{workflow}/{task_id}/{name}"
 
-    async def put_file(self, key: str, path: Path, content_type: str | None = None):
+    async def put_file(self, key: str, path: Path | bytes, content_type: str | None = None):
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
-        data = Path(path).read_bytes()
+        data = path if isinstance(path, bytes) else Path(path).read_bytes()
         dest.write_bytes(data)
         return SimpleNamespace(
             key=key, url=f"http://files.test/{key}", storage_url=dest.as_uri(), size=len(data), content_type=content_type
@@ -80,6 +80,9 @@ async def test_images_are_stored_and_listed_with_seed_and_size(flux_server, tmp_
         assert (img["width"], img["height"], img["content_type"]) == (64, 64, "image/webp")
         stored = tmp_path / "store" / "out" / "image_gen" / "tsk_test" / f"image_{i}.webp"
         assert Image.open(stored).size == (64, 64)
+    from consumer.context import workdir_made
+
+    assert not workdir_made(ctx)  # stored from memory: the images never touched the work directory
 
 
 async def test_the_server_refusing_the_input_fails_the_task_for_good(flux_server, tmp_path):
