@@ -122,7 +122,7 @@ class _Reader:
         self._part = options.get(b"name", b"").decode("latin-1")
         if self._part == "audio":
             self.saw_audio = True
-            if 0 <= _declared_size(self.metadata) <= self.memory_limit:
+            if self.memory_limit > 0 and 0 <= _declared_size(self.metadata) <= self.memory_limit:
                 self.audio = bytearray()
             else:
                 self._open_file()

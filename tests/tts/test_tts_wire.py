@@ -57,9 +57,10 @@ async def test_audio_longer_than_its_metadata_said_spills_to_the_file_whole(tmp_
     assert result.audio_path.read_bytes() == AUDIO
 
 
-async def test_a_plain_path_is_written_as_before(tmp_path):
+async def test_with_no_memory_limit_even_empty_audio_goes_to_the_path(tmp_path):
     source = tmp_path / "served.wav"
-    source.write_bytes(AUDIO)
-    body = multipart_body(metadata(len(AUDIO)), source)
-    result = await read_tts_response(body.content_type, chunked(body), tmp_path / "plain.wav")
-    assert result.audio is None and result.audio_path.read_bytes() == AUDIO
+    for audio in (AUDIO, b""):
+        source.write_bytes(audio)
+        body = multipart_body(metadata(len(audio)), source)
+        result = await read_tts_response(body.content_type, chunked(body), tmp_path / "plain.wav")
+        assert result.audio is None and result.audio_path.read_bytes() == audio
