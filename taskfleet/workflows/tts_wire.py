@@ -90,6 +90,7 @@ class _Reader:
         self.memory_limit = memory_limit
         self.audio: bytearray | None = None
         self.metadata = bytearray()
+        self.parsed_metadata: object = None  # the metadata part's JSON, where it was read early
         self.saw_audio = False
         self._headers: dict[bytes, bytes] = {}
         self._field = bytearray()
@@ -122,10 +123,20 @@ class _Reader:
         self._part = options.get(b"name", b"").decode("latin-1")
         if self._part == "audio":
             self.saw_audio = True
-            if self.memory_limit > 0 and 0 <= _declared_size(self.metadata) <= self.memory_limit:
+            if self.memory_limit > 0 and 0 <= self._declared_size() <= self.memory_limit:
                 self.audio = bytearray()
             else:
                 self._open_file()
+
+    def _declared_size(self) -> int:
+        """The audio's ``size_bytes`` as the metadata part declares it; -1 where it does not say.
+        The parsed metadata is kept, for the full check once the body has been read."""
+        try:
+            self.parsed_metadata = json.loads(self.metadata)
+            size = self.parsed_metadata.get("size_bytes")
+        except (ValueError, AttributeError):
+            return -1
+        return size if isinstance(size, int) and not isinstance(size, bool) else -1
 
     def _open_file(self) -> None:
         self.audio_path = self._audio_path() if callable(self._audio_path) else self._audio_path
@@ -175,17 +186,9 @@ async def read_tts_response(
     if not reader.metadata or not reader.saw_audio:
         raise TaskfleetError("TTS response lacks its metadata or audio part", code="bad_model_response", retryable=True)
     try:
-        metadata = TtsMetadata.model_validate(json.loads(reader.metadata))
+        parsed = reader.parsed_metadata if reader.parsed_metadata is not None else json.loads(reader.metadata)
+        metadata = TtsMetadata.model_validate(parsed)
     except ValueError as exc:
         raise TaskfleetError(f"TTS metadata is malformed: {exc}", code="bad_model_response") from None
     return TtsResult(metadata, reader.audio_path, None if reader.audio is None else bytes(reader.audio))
 
-
-def _declared_size(metadata: bytes | bytearray) -> int:
-    """The audio's ``size_bytes`` as the metadata part declares it; -1 where it does not say
-    (the metadata is checked in full once the body has been read)."""
-    try:
-        size = json.loads(metadata).get("size_bytes")
-    except (ValueError, AttributeError):
-        return -1
-    return size if isinstance(size, int) and not isinstance(size, bool) else -1
