@@ -99,12 +99,15 @@ class Queue:
         self.events.changed(row["id"])
         self.events.changed(row.get("parent_id"))
 
-    def _signal_finished(self, row: Row) -> None:
+    def _signal_finished(self, row: Row, *, whole: bool = False) -> bool:
+        """``whole``: ``row`` has every column, and the /process callers answer from it. Returns
+        whether such a caller was waiting on the task."""
         self._log_change(row, "ended")
-        self._dispatcher.finished(row["id"])
+        waited = self._dispatcher.finished(row["id"], row if whole else None)
         self._on_finished(row)
         if row.get("webhook_url"):
             self._on_webhook()
+        return waited
 
     def _signal_effects(self, effects: Effects) -> None:
         """After a pipeline transaction's commit: wake fetches for its new and restarted stage
@@ -483,7 +486,7 @@ class Queue:
     async def wait_finished(self, task_id: str, wait_s: float) -> Row:
         """Wait for a task to reach a terminal state, up to ``wait_s``; returns its latest row."""
         deadline = time.monotonic() + wait_s
-        event = self._dispatcher.watch(task_id)
+        watch = self._dispatcher.watch(task_id)
         try:
             while True:
                 row = await self.get(task_id)
@@ -495,12 +498,14 @@ class Queue:
                 # loop turn sooner once the signal comes.)
                 try:
                     async with asyncio.timeout(min(remaining, 5.0)):
-                        await event.wait()
+                        await watch.event.wait()
                 except TimeoutError:
                     pass
-                event.clear()
+                if watch.row is not None:
+                    return watch.row  # ended here: the change's own row, no second read
+                watch.event.clear()
         finally:
-            self._dispatcher.unwatch(task_id, event)
+            self._dispatcher.unwatch(task_id, watch)
 
     # -- consumer side -------------------------------------------------------------------------
     async def claim(
@@ -634,16 +639,25 @@ class Queue:
             "compute_s": float(compute_s),
         }
 
-    def _after_finish(self, row: Row, params: dict[str, Any]) -> None:
+    def _after_finish(self, row: Row, params: dict[str, Any]) -> bool:
+        """Signal an ended attempt; returns whether a /process caller waited on its task."""
+        waited = False
         self._signal_changed(row)
         if row["status"] in TERMINAL:
-            self._signal_finished(row)
+            waited = self._signal_finished(row, whole=True)
         elif row["status"] == "PENDING":
             self._log_change(row, f"attempt {params['outcome']}, retry in {params['not_before'] - params['now']:.1f}s")
             self._signal_later(row["workflow"], params["not_before"] - params["now"])
         # After the /process caller's wake-up: the consumer's poll it ends answers empty, and
         # that answer written first put itself before the caller's (about 0.2 ms).
         self._dispatcher.lease_ended(row.get("consumer_id"))
+        return waited
+
+    @staticmethod
+    async def _caller_first() -> None:
+        """A /process caller waits on a task just ended: its answer goes out before the
+        consumer's (the consumer's is on nobody's way; the caller's is what it waits for)."""
+        await asyncio.sleep(0)
 
     async def _finish(self, task_id: str, lease_id: str, **kwargs: Any) -> Row:
         params = self._finish_params(task_id, lease_id, **kwargs)
@@ -652,7 +666,8 @@ class Queue:
             row = await self._finish_in_pipeline(params)
         if row is None:
             raise await self._fenced_miss(task_id)
-        self._after_finish(row, params)
+        if self._after_finish(row, params):
+            await self._caller_first()
         return row
 
     async def _finish_in_pipeline(self, params: dict[str, Any]) -> Row | None:
@@ -697,6 +712,7 @@ class Queue:
             for i, row in zip(missed, staged):
                 rows[i] = row
         results: list[Row | Exception] = []
+        waited = False
         for params, row in zip(all_params, rows):
             if row is None:
                 try:
@@ -704,8 +720,10 @@ class Queue:
                 except NotFound as exc:
                     results.append(exc)
                 continue
-            self._after_finish(row, params)
+            waited |= self._after_finish(row, params)
             results.append(row)
+        if waited:
+            await self._caller_first()
         return results
 
     async def complete(self, task_id: str, lease_id: str, output: Any, compute_s: float = 0.0) -> Row:

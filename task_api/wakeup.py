@@ -27,6 +27,17 @@ HANDOFF_AFTER_S = 0.002
 REPLAN = object()
 
 
+class Watch:
+    """A /process caller's wait for its task to end; ``row`` is the ended task's row where the
+    change was made in this process (None after another replica's NOTIFY: read it)."""
+
+    __slots__ = ("event", "row")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.row: Any = None
+
+
 class Waiter:
     """A fetch waiting for work. A bare future, not an ``asyncio.Event`` under ``wait_for``:
     its waker resumes the fetch in one loop step instead of three. The future's result is None
@@ -89,7 +100,7 @@ class Waiter:
 class Dispatcher:
     def __init__(self) -> None:
         self._waiters: deque[Waiter] = deque()
-        self._done: dict[str, list[asyncio.Event]] = {}
+        self._done: dict[str, list[Watch]] = {}
         # What the last claims found, so that an idle fleet's polls cost the database nothing:
         # every ``pending`` call counts as a change (``_version``), marking its workflow (or, for
         # None, every workflow) changed; a claim that came back short marks the workflows it
@@ -208,21 +219,26 @@ class Dispatcher:
         return woken
 
     # -- /process side ----------------------------------------------------------------------
-    def watch(self, task_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self._done.setdefault(task_id, []).append(event)
-        return event
+    def watch(self, task_id: str) -> Watch:
+        watch = Watch()
+        self._done.setdefault(task_id, []).append(watch)
+        return watch
 
-    def unwatch(self, task_id: str, event: asyncio.Event) -> None:
-        events = self._done.get(task_id)
-        if events and event in events:
-            events.remove(event)
-            if not events:
+    def unwatch(self, task_id: str, watch: Watch) -> None:
+        watches = self._done.get(task_id)
+        if watches and watch in watches:
+            watches.remove(watch)
+            if not watches:
                 del self._done[task_id]
 
-    def finished(self, task_id: str) -> None:
-        for event in self._done.pop(task_id, []):
-            event.set()
+    def finished(self, task_id: str, row: Any = None) -> bool:
+        """The task ended (``row``: its whole row, where the change that ended it has it);
+        returns whether a /process caller was waiting on it."""
+        watches = self._done.pop(task_id, [])
+        for watch in watches:
+            watch.row = row
+            watch.event.set()
+        return bool(watches)
 
     # -- Postgres NOTIFY --------------------------------------------------------------------
     def on_notify(self, channel: str, payload: str) -> None:
