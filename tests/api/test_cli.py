@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from support import ROOT, api_process, consumer_process, free_port
+from support import ROOT, api_process, consumer_process
 
 
 def taskfleet(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
@@ -39,12 +41,28 @@ def test_unknown_command_and_missing_kind_are_usage_errors():
     assert taskfleet("models", "download", "nothing").returncode == 2
 
 
+def free_stack_port() -> int:
+    """A port for ``taskfleet up --port``, free with its model servers' (+101..+103), below the
+    kernel's range for outgoing connections (32768-60999 here): there a client socket of another
+    test could take one of the four between our check and the servers' binds."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        try:
+            for p in (port, port + 101, port + 102, port + 103):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port range for the stack")
+
+
 @pytest.mark.timeout(400)
 def test_up_runs_the_demo_through_the_local_stack(tmp_path):
     # The README's main command, minus the set-up: the stack comes up, real work goes through
     # (echo, a face swap of two real photos, speech, a text_to_video on the tiny random Flux
     # model the demo builds), and it stops cleanly.
-    port = free_port()
+    port = free_stack_port()
     result = taskfleet("up", "--demo", "--exit-after-demo", "--port", str(port), "--data-dir", str(tmp_path),
                        timeout=380)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
