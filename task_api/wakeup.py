@@ -28,8 +28,9 @@ REPLAN = object()
 
 
 class Watch:
-    """A /process caller's wait for its task to end; ``row`` is the ended task's row where the
-    change was made in this process (None after another replica's NOTIFY: read it)."""
+    """A /process caller's wait for its task to end; ``row`` is the ended task's whole row where
+    a complete or fail in this process ended it. None otherwise (another replica's NOTIFY, a
+    cancel, an expiry: their rows are partial or elsewhere), and the caller reads the task."""
 
     __slots__ = ("event", "row")
 
